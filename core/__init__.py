@@ -1,0 +1,1 @@
+"""Shared pieces of LogTriage: settings, the sequence record, readers, normalization, windows, templates."""

@@ -1,0 +1,37 @@
+"""One Settings object for every part; environment variables use the prefix ``LOGTRIAGE_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration (env ``LOGTRIAGE_*`` or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOGTRIAGE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    artifacts_dir: Path = Path("artifacts")
+    # detector
+    detector_path: Path = Path("artifacts/detector")
+    encoder: str = "bundled:all-MiniLM-L6-v2"
+    max_line_bytes: int = 10 * 1024 * 1024
+    # explainer
+    explainer_path: Path = Path("artifacts/explainer")
+    llm_base: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    llm_backend: str = "inprocess"  # inprocess | openai
+    openai_base_url: str | None = None
+    openai_model: str | None = None
+    # service
+    database_url: str = "sqlite+aiosqlite:///./logtriage.db"
+    api_keys: list[str] = []
+    seed: int = 42
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
