@@ -178,7 +178,11 @@ def _iter_csv(path: str | Path) -> Iterator[SequenceRecord]:
                         raise DataError(f"column {key} is not a JSON list", path, number) from None
                 for key, value in list(obj.items()):
                     if value == "":
-                        obj[key] = None
+                        # an empty cell is a missing value; extra columns absent from a row are dropped
+                        if key in SequenceRecord.model_fields:
+                            obj[key] = None
+                        else:
+                            del obj[key]
                     elif key in ("label", "length") and isinstance(value, str):
                         try:
                             obj[key] = int(value)

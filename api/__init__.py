@@ -1,0 +1,1 @@
+"""The LogTriage service (FastAPI) and the ``logtriage`` command line."""

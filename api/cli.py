@@ -1,0 +1,102 @@
+"""The ``logtriage`` command line: one entry point, one subcommand per job.
+
+Each part registers its own subcommands (``add_commands(subparsers)``); handlers import heavy
+libraries only when they run, so ``logtriage --help`` stays fast. Errors meant for users print
+as one line (``error: ...``) with exit code 2; no traceback unless ``LOGTRIAGE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import LogTriageError
+
+Handler = Callable[[argparse.Namespace], int]
+log = logging.getLogger("logtriage")
+
+
+def add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """The windowing options shared by every command that reads raw logs."""
+    parser.add_argument("--input-format", default="auto",
+                        help="auto (records by suffix, .jsonl events, else text), text, events, or a loghub system "
+                             "(HDFS, BGL, Thunderbird, OpenSSH, Linux, Apache, OpenStack)")
+    parser.add_argument("--window-type", choices=["fixed", "sliding", "session"], default="fixed")
+    parser.add_argument("--window-size", type=int, default=10, help="lines per window (fixed, sliding)")
+    parser.add_argument("--step", type=int, default=None, help="sliding step (default: half the size)")
+    parser.add_argument("--session-key", default=None, help=r"regex whose first group is the session key, e.g. 'blk_-?\d+'")
+    parser.add_argument("--field", default=None, help="message field of JSON events (default: message/msg/log/...)")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from core.io import write_records
+    from core.prepare import records_from_file
+
+    records = records_from_file(args.input, args.input_format, args.window_type, args.window_size, args.step,
+                                args.session_key, args.field)
+    count = write_records(args.output, records)
+    if count == 0:
+        raise LogTriageError(f"{args.input}: no log lines to window")
+    print(f"{count} sequences -> {args.output}")
+    return 0
+
+
+def _add_core_commands(sub: Any) -> None:
+    p = sub.add_parser("prepare", help="turn raw logs (text, JSON events, loghub) into sequence records",
+                       description="Window a raw log into sequence records (JSON/JSONL/CSV by the output suffix).")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    add_window_arguments(p)
+    p.set_defaults(handler=_prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with every part's subcommands."""
+    parser = argparse.ArgumentParser(prog="logtriage", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_core_commands(sub)
+    for module_name in ("small_model.cli", "large_model.cli", "api.serve_cli"):
+        try:
+            module = __import__(module_name, fromlist=["add_commands"])
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that part is not installed in this build
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 1
+    try:
+        return handler(args)
+    except LogTriageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if os.environ.get("LOGTRIAGE_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (LOGTRIAGE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Cut a stream of log lines into windows without holding the stream in memory.
+
+Three strategies behind one function (:func:`make_windows`): fixed windows of ``size`` lines,
+sliding windows of ``size`` lines every ``step`` lines, and sessions grouped by a key taken
+from each line by a regex (first group, or the whole match) or from a field of a parsed record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from core.errors import DataError
+
+WindowType = Literal["fixed", "sliding", "session"]
+
+
+@dataclass
+class Window:
+    """A group of consecutive (or same-session) lines; ``line_numbers`` are 1-based stream positions."""
+
+    id: str
+    lines: list[str]
+    line_numbers: list[int] = field(default_factory=list)
+
+    @property
+    def start_line(self) -> int:
+        """The stream position of the first line."""
+        return self.line_numbers[0] if self.line_numbers else 0
+
+
+def fixed_windows(lines: Iterable[str], size: int) -> Iterator[Window]:
+    """Consecutive non-overlapping windows of ``size`` lines; the last one may be shorter."""
+    if size < 1:
+        raise DataError(f"window size must be >= 1, got {size}")
+    buf: list[str] = []
+    nums: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        buf.append(line)
+        nums.append(number)
+        if len(buf) == size:
+            yield Window(f"w{nums[0]}-{nums[-1]}", buf, nums)
+            buf, nums = [], []
+    if buf:
+        yield Window(f"w{nums[0]}-{nums[-1]}", buf, nums)
+
+
+def sliding_windows(lines: Iterable[str], size: int, step: int) -> Iterator[Window]:
+    """Windows of ``size`` lines starting every ``step`` lines; a last window ends on the last line.
+
+    Every line lands in at least one window (when ``step <= size``).
+    """
+    if size < 1 or step < 1:
+        raise DataError(f"window size and step must be >= 1, got size={size} step={step}")
+    if step > size:
+        raise DataError(f"step {step} larger than size {size} would skip lines")
+    buf: deque[tuple[int, str]] = deque(maxlen=size)
+    last_emitted_end = 0
+    since_start = 0
+    total = 0
+    for number, line in enumerate(lines, start=1):
+        total = number
+        buf.append((number, line))
+        if len(buf) == size:
+            if since_start % step == 0:
+                nums = [n for n, _ in buf]
+                yield Window(f"w{nums[0]}-{nums[-1]}", [t for _, t in buf], nums)
+                last_emitted_end = nums[-1]
+            since_start += 1
+    if total > last_emitted_end:
+        # the lines after the last emitted window: one more window of the last ``size`` lines
+        nums = [n for n, _ in buf]
+        yield Window(f"w{nums[0]}-{nums[-1]}", [t for _, t in buf], nums)
+
+
+def session_windows(
+    lines: Iterable[str],
+    key: str | Callable[[str], str | None],
+    max_open: int = 100_000,
+    unmatched: Literal["drop", "own"] = "drop",
+) -> Iterator[Window]:
+    """Group lines by a session key: a regex (its first group, else the whole match) or a function.
+
+    Sessions are emitted when the stream ends; to keep memory bounded the oldest open session is
+    emitted when more than ``max_open`` are open. Lines without a key are dropped, or with
+    ``unmatched="own"`` collected into a session named ``<none>``. A line carrying several keys
+    (HDFS lines naming two blocks) joins each of their sessions.
+    """
+    if isinstance(key, str):
+        try:
+            pattern = re.compile(key)
+        except re.error as exc:
+            raise DataError(f"invalid session key regex {key!r}: {exc}") from None
+
+        def keys_of(line: str) -> list[str]:
+            found = []
+            for m in pattern.finditer(line):
+                value = m.group(1) if pattern.groups else m.group(0)
+                if value is not None and value not in found:
+                    found.append(value)
+            return found
+    else:
+        func = key
+
+        def keys_of(line: str) -> list[str]:
+            value = func(line)
+            return [value] if value is not None else []
+
+    open_sessions: OrderedDict[str, Window] = OrderedDict()
+    for number, line in enumerate(lines, start=1):
+        keys = keys_of(line)
+        if not keys:
+            if unmatched == "drop":
+                continue
+            keys = ["<none>"]
+        for k in keys:
+            window = open_sessions.get(k)
+            if window is None:
+                if len(open_sessions) >= max_open:
+                    _, oldest = open_sessions.popitem(last=False)
+                    yield oldest
+                window = open_sessions[k] = Window(k, [], [])
+            window.lines.append(line)
+            window.line_numbers.append(number)
+    yield from open_sessions.values()
+
+
+def make_windows(
+    lines: Iterable[str],
+    window_type: WindowType = "fixed",
+    size: int = 10,
+    step: int | None = None,
+    key: str | Callable[[str], str | None] | None = None,
+) -> Iterator[Window]:
+    """One entry point for the three strategies (the CLI and the API use this)."""
+    if window_type == "fixed":
+        return fixed_windows(lines, size)
+    if window_type == "sliding":
+        return sliding_windows(lines, size, step or max(1, size // 2))
+    if window_type == "session":
+        if key is None:
+            raise DataError("session windows need a key (a regex such as 'blk_-?\\d+')")
+        return session_windows(lines, key)
+    raise DataError(f"unknown window type {window_type!r} (use fixed, sliding or session)")
