@@ -22,13 +22,18 @@ log = logging.getLogger("logtriage")
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     """The windowing options shared by every command that reads raw logs."""
-    parser.add_argument("--input-format", default="auto",
-                        help="auto (records by suffix, .jsonl events, else text), text, events, or a loghub system "
-                             "(HDFS, BGL, Thunderbird, OpenSSH, Linux, Apache, OpenStack)")
+    parser.add_argument(
+        "--input-format",
+        default="auto",
+        help="auto (records by suffix, .jsonl events, else text), text, events, or a loghub system "
+        "(HDFS, BGL, Thunderbird, OpenSSH, Linux, Apache, OpenStack)",
+    )
     parser.add_argument("--window-type", choices=["fixed", "sliding", "session"], default="fixed")
     parser.add_argument("--window-size", type=int, default=10, help="lines per window (fixed, sliding)")
     parser.add_argument("--step", type=int, default=None, help="sliding step (default: half the size)")
-    parser.add_argument("--session-key", default=None, help=r"regex whose first group is the session key, e.g. 'blk_-?\d+'")
+    parser.add_argument(
+        "--session-key", default=None, help=r"regex whose first group is the session key, e.g. 'blk_-?\d+'"
+    )
     parser.add_argument("--field", default=None, help="message field of JSON events (default: message/msg/log/...)")
 
 
@@ -36,8 +41,9 @@ def _prepare(args: argparse.Namespace) -> int:
     from core.io import write_records
     from core.prepare import records_from_file
 
-    records = records_from_file(args.input, args.input_format, args.window_type, args.window_size, args.step,
-                                args.session_key, args.field)
+    records = records_from_file(
+        args.input, args.input_format, args.window_type, args.window_size, args.step, args.session_key, args.field
+    )
     count = write_records(args.output, records)
     if count == 0:
         raise LogTriageError(f"{args.input}: no log lines to window")
@@ -46,8 +52,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _add_core_commands(sub: Any) -> None:
-    p = sub.add_parser("prepare", help="turn raw logs (text, JSON events, loghub) into sequence records",
-                       description="Window a raw log into sequence records (JSON/JSONL/CSV by the output suffix).")
+    p = sub.add_parser(
+        "prepare",
+        help="turn raw logs (text, JSON events, loghub) into sequence records",
+        description="Window a raw log into sequence records (JSON/JSONL/CSV by the output suffix).",
+    )
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     add_window_arguments(p)
@@ -75,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
@@ -93,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one line, never a traceback
         if os.environ.get("LOGTRIAGE_DEBUG"):
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (LOGTRIAGE_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {exc} (LOGTRIAGE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

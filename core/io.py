@@ -74,7 +74,7 @@ def _open_text(path: str | Path) -> IO[str]:
     if p.is_dir():
         raise DataError("is a folder, not a file", p)
     try:
-        return open(p, encoding="utf-8", errors="strict", newline="")  # noqa: SIM115
+        return open(p, encoding="utf-8", errors="strict", newline="")
     except OSError as exc:
         raise DataError(f"cannot open ({exc.strerror})", p) from None
 
@@ -239,8 +239,7 @@ def write_records(path: str | Path, records: Iterable[SequenceRecord | dict[str,
             writer.writeheader()
             for row in rows:
                 out = {
-                    k: (json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v)
-                    for k, v in row.items()
+                    k: (json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v) for k, v in row.items()
                 }
                 writer.writerow(out)
                 count += 1

@@ -120,8 +120,11 @@ def hdfs_sessions(path: str | Path, labels: dict[str, int] | None = None) -> lis
     for window in windows:
         lines = [ordered[n - 1].message for n in window.line_numbers]
         label = labels.get(window.id) if labels else None
-        records.append(SequenceRecord(sequence_id=window.id, label=label, log_entries=lines, source="HDFS",
-                                      line_numbers=window.line_numbers))
+        records.append(
+            SequenceRecord(
+                sequence_id=window.id, label=label, log_entries=lines, source="HDFS", line_numbers=window.line_numbers
+            )
+        )
     return records
 
 

@@ -16,13 +16,63 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-_LEVEL_WORDS = "TRACE DEBUG INFO INFORMATION NOTICE WARN WARNING ERROR ERR SEVERE CRITICAL CRIT FATAL EMERG PANIC".split()
+_LEVEL_WORDS = [
+    "TRACE",
+    "DEBUG",
+    "INFO",
+    "INFORMATION",
+    "NOTICE",
+    "WARN",
+    "WARNING",
+    "ERROR",
+    "ERR",
+    "SEVERE",
+    "CRITICAL",
+    "CRIT",
+    "FATAL",
+    "EMERG",
+    "PANIC",
+]
 # upper case and capitalized only: "trace 5 done" keeps its word, "TRACE"/"Trace" are levels
-LEVELS = "|".join([*_LEVEL_WORDS, *(w.capitalize() for w in _LEVEL_WORDS), "调试", "信息", "警告", "错误", "严重", "致命"])
+LEVELS = "|".join(
+    [*_LEVEL_WORDS, *(w.capitalize() for w in _LEVEL_WORDS), "调试", "信息", "警告", "错误", "严重", "致命"]
+)
 # words that follow "user" in prose and are not a user name
-_NOT_NAMES = {"login", "logged", "logging", "logout", "not", "failed", "session", "request", "requests", "id",
-              "name", "is", "was", "has", "had", "the", "a", "an", "with", "from", "to", "for", "in", "on",
-              "and", "or", "authentication", "auth", "account", "unknown", "data", "profile", "<user>"}
+_NOT_NAMES = {
+    "login",
+    "logged",
+    "logging",
+    "logout",
+    "not",
+    "failed",
+    "session",
+    "request",
+    "requests",
+    "id",
+    "name",
+    "is",
+    "was",
+    "has",
+    "had",
+    "the",
+    "a",
+    "an",
+    "with",
+    "from",
+    "to",
+    "for",
+    "in",
+    "on",
+    "and",
+    "or",
+    "authentication",
+    "auth",
+    "account",
+    "unknown",
+    "data",
+    "profile",
+    "<user>",
+}
 
 _MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*"
 _TIMESTAMP_PATTERNS = [
@@ -54,9 +104,24 @@ _IPV6 = (
     r")(?![\w:])"
 )
 _IPV4 = r"(?<![\w.])(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}(?![\w.])"
-_UNITS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0, "sec": 1000.0, "secs": 1000.0,
-          "seconds": 1000.0, "second": 1000.0, "m": 60000.0, "min": 60000.0, "mins": 60000.0,
-          "minutes": 60000.0, "毫秒": 1.0, "秒": 1000.0, "分钟": 60000.0}
+_UNITS = {
+    "ns": 1e-6,
+    "us": 1e-3,
+    "µs": 1e-3,
+    "ms": 1.0,
+    "s": 1000.0,
+    "sec": 1000.0,
+    "secs": 1000.0,
+    "seconds": 1000.0,
+    "second": 1000.0,
+    "m": 60000.0,
+    "min": 60000.0,
+    "mins": 60000.0,
+    "minutes": 60000.0,
+    "毫秒": 1.0,
+    "秒": 1000.0,
+    "分钟": 60000.0,
+}
 _DURATION = re.compile(
     r"(?<![A-Za-z0-9_.])(\d+(?:\.\d+)?)\s?(ns|us|µs|ms|secs?|seconds?|mins?|minutes?|s|m|毫秒|秒|分钟)(?![A-Za-z])"
 )

@@ -10,7 +10,7 @@ from core.io import iter_text_lines, read_records, write_json, write_records
 from core.schema import SequenceRecord
 
 RECORDS = [
-    SequenceRecord(sequence_id="s1", label=0, log_entries=["a, \"quoted\"", "b\tc"], anomaly_type=None),
+    SequenceRecord(sequence_id="s1", label=0, log_entries=['a, "quoted"', "b\tc"], anomaly_type=None),
     SequenceRecord(
         sequence_id="s2", label=1, log_entries=["订单服务超时", "x" * 5000], anomaly_type="timeout", severity="high"
     ),

@@ -19,11 +19,16 @@ from core.normalize import Normalizer, NormalizerConfig
         ("order ord_42 for user=alice", "order ord_<id> for user=<user>"),
         ("mail bob.smith@example.com at https://x.io/a?b=1", "mail <email> at <url>"),
         ("pointer 0xdeadbeef", "pointer <hex>"),
-        ("2023年10月10日 08:02:30 错误 订单服务调用支付服务超时 耗时3000毫秒", "订单服务调用支付服务超时 耗时<dur:1e3ms>"),
+        (
+            "2023年10月10日 08:02:30 错误 订单服务调用支付服务超时 耗时3000毫秒",
+            "订单服务调用支付服务超时 耗时<dur:1e3ms>",
+        ),
         ("警告 库存服务 重试 3 次 用户 张三", "库存服务 重试 <num> 次 用户 <user>"),
         ("[WARN] latency=2.5s retries=3", "latency=<dur:1e3ms> retries=<num>"),
-        ("081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 terminating",
-         "<num> dfs.DataNode$PacketResponder: PacketResponder <num> terminating"),
+        (
+            "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 terminating",
+            "<num> dfs.DataNode$PacketResponder: PacketResponder <num> terminating",
+        ),
         ("user login failed; user not found", "user login failed; user not found"),
     ],
 )

@@ -20,7 +20,7 @@ def test_fixed_windows_partition_every_line(size: int) -> None:
     flat = [n for w in windows for n in w.line_numbers]
     assert flat == list(range(1, 24))  # each line exactly once, in order
     assert all(len(w.lines) == size for w in windows[:-1])
-    assert [w.lines for w in windows][0][0] == "line 1"
+    assert windows[0].lines[0] == "line 1"
 
 
 @pytest.mark.parametrize("size,step", [(5, 1), (5, 2), (5, 5), (4, 3), (30, 2), (1, 1)])
