@@ -38,15 +38,18 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    import itertools
+
     from core.io import write_records
     from core.prepare import records_from_file
 
     records = records_from_file(
         args.input, args.input_format, args.window_type, args.window_size, args.step, args.session_key, args.field
     )
-    count = write_records(args.output, records)
-    if count == 0:
+    first = next(records, None)
+    if first is None:  # checked before anything is written
         raise LogTriageError(f"{args.input}: no log lines to window")
+    count = write_records(args.output, itertools.chain([first], records))
     print(f"{count} sequences -> {args.output}")
     return 0
 
