@@ -1,0 +1,162 @@
+"""Text and tensors for the detector: joined sequences, length-bucketed batches, masking, perturbations."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from core.normalize import Normalizer
+
+
+def sequence_text(lines: Sequence[str], normalizer: Normalizer | None, separator: str = " [SEP] ") -> str:
+    """The model input for one sequence: its normalized lines joined with ``[SEP]``."""
+    if normalizer is not None:
+        lines = [normalizer.normalize(line) for line in lines]
+    return separator.join(line.strip() for line in lines)
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids (with [CLS] ... [SEP]) of each text, truncated to ``max_length``, unpadded."""
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest member: ``(input_ids, attention_mask)``, both (B, T)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, shuffle: bool, rng: random.Random | None = None
+) -> list[list[int]]:
+    """Index batches of similar lengths (less padding); with ``shuffle``, random pools and batch order."""
+    order = list(range(len(lengths)))
+    if not shuffle:
+        order.sort(key=lambda i: lengths[i])
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = rng or random.Random(0)
+    rng.shuffle(order)
+    pool = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids never masked: [CLS], [SEP], [PAD] and the like."""
+    return sorted({int(i) for i in tokenizer.all_special_ids if i is not None and i != tokenizer.mask_token_id})
+
+
+def maskable(input_ids: torch.Tensor, attention_mask: torch.Tensor, never: Sequence[int]) -> torch.Tensor:
+    """(B, T) bool: real tokens that may be masked."""
+    ok = attention_mask.bool().clone()
+    for token_id in never:
+        ok &= input_ids != token_id
+    return ok
+
+
+def random_mlm_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    never: Sequence[int],
+    mask_id: int,
+    vocab_size: int,
+    probability: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking (80% [MASK], 10% random, 10% kept) of ``probability`` of the maskable tokens.
+
+    Returns ``(masked_ids, mlm_labels)``; every sequence gets at least one masked token.
+    """
+    can = maskable(input_ids, attention_mask, never)  # (B, T)
+    draw = torch.rand(input_ids.shape, generator=generator)
+    chosen = (draw < probability) & can
+    # at least one masked token per sequence: the maskable token with the lowest draw
+    lowest = draw.masked_fill(~can, 2.0).argmin(dim=1)  # (B,)
+    rows = can.any(dim=1)
+    chosen[rows.nonzero(as_tuple=True)[0], lowest[rows]] = True
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    kind = torch.rand(input_ids.shape, generator=generator)
+    masked = input_ids.clone()
+    masked[chosen & (kind < 0.8)] = mask_id
+    swap = chosen & (kind >= 0.8) & (kind < 0.9)
+    masked[swap] = torch.randint(vocab_size, input_ids.shape, generator=generator)[swap]
+    return masked, labels
+
+
+def strided_masks(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, never: Sequence[int], mask_id: int, passes: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Deterministic masking for reconstruction scores: in pass j the k-th maskable token with k % passes == j.
+
+    Over all passes each maskable token is masked exactly once, so summed NLLs are reproducible.
+    """
+    can = maskable(input_ids, attention_mask, never)  # (B, T)
+    rank = can.long().cumsum(dim=1) - 1  # (B, T) index of each maskable token within its row
+    out = []
+    for j in range(passes):
+        chosen = can & (rank % passes == j)
+        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+        out.append((input_ids.masked_fill(chosen, mask_id), labels))
+    return out
+
+
+def line_index(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """(B, T) the index of the log line each token belongs to (the [SEP] ending a line counts with it)."""
+    is_sep = (input_ids == sep_id).long()
+    return is_sep.cumsum(dim=1) - is_sep
+
+
+# ----------------------------------------------------------------------------- perturbed negatives
+
+PERTURBATIONS = ("drop", "duplicate", "swap", "foreign_line", "foreign_token", "shuffle")
+
+
+def perturb_lines(lines: Sequence[str], rng: random.Random, line_pool: Sequence[str]) -> list[str]:
+    """A corrupted copy of a normal sequence, the synthetic negative of the one-class head.
+
+    One or two of: drop a line, duplicate a line, swap two lines, replace a line by a line of
+    another sequence, replace a word by a word of another line, shuffle the lines.
+    """
+    out = list(lines)
+    for _ in range(rng.choice((1, 1, 2))):
+        op = rng.choice(PERTURBATIONS)
+        n = len(out)
+        if op == "drop" and n > 2:
+            del out[rng.randrange(n)]
+        elif op == "duplicate":
+            i = rng.randrange(n)
+            out.insert(i + 1, out[i])
+        elif op == "swap" and n > 1:
+            i, j = rng.sample(range(n), 2)
+            out[i], out[j] = out[j], out[i]
+        elif op == "foreign_line" and line_pool:
+            out[rng.randrange(n)] = rng.choice(line_pool)
+        elif op == "foreign_token" and line_pool:
+            i = rng.randrange(n)
+            words = out[i].split()
+            donor = rng.choice(line_pool).split()
+            if words and donor:
+                words[rng.randrange(len(words))] = rng.choice(donor)
+                out[i] = " ".join(words)
+        elif op == "shuffle" and n > 2:
+            rng.shuffle(out)
+        else:
+            out.insert(rng.randrange(n + 1), rng.choice(line_pool) if line_pool else out[0])
+    if out == list(lines):  # the operations can cancel out; insert a foreign line then
+        out.insert(rng.randrange(len(out) + 1), rng.choice(line_pool) if line_pool else "unexpected event")
+    return out

@@ -1,0 +1,475 @@
+"""MoE-BERT: a BERT encoder, a mixture-of-experts layer over its token outputs, and three heads.
+
+    input_ids (B, T) -> encoder (BERT) -> (B, T, H)
+                     -> MoE layer: x + sum_e w_e * expert_e(x), LayerNorm   (Top-P or dense routing)
+                     -> MLM head (masked log modeling, decoder tied to the word embeddings)
+                     -> pooling ([CLS] or attention) -> (B, H) -> anomaly head (H -> 64 -> 1) -> sigmoid
+
+Routing is per token. In ``top_p`` mode each token keeps the smallest set of experts whose sorted
+router probabilities reach ``top_p``, renormalised; in ``dense`` mode (training stage 1) every
+expert runs on every token with uniform (or router) weights and nothing is gated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import CONFIG_MAPPING, AutoModel, BertConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from core.errors import ModelError
+from small_model.config import PLACEHOLDER_TOKENS, SCRATCH_ENCODER, DetectorConfig, resolve_encoder
+
+logger = logging.getLogger(__name__)
+
+MoEMode = Literal["dense", "top_p"]
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def top_p_routing(router_probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep, per token, the fewest experts whose sorted probabilities sum to >= top_p.
+
+    Returns ``(weights, mask)``, both (N, E): the kept probabilities renormalised to sum to 1,
+    and the boolean mask of kept experts. The most probable expert is always kept.
+    """
+    sorted_probs, order = router_probs.sort(dim=-1, descending=True)  # (N, E)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (N, E) probability mass of better experts
+    keep_sorted = mass_before < top_p - 1e-6  # (N, E) an expert is needed while the mass is short of p
+    mask = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # (N, E) back to expert order
+    weights = router_probs * mask
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-9)  # (N, E)
+    return weights, mask
+
+
+def load_balancing_loss(
+    router_probs: torch.Tensor, expert_mask: torch.Tensor, token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Switch-Transformer auxiliary loss ``E * sum_e f_e * P_e``; 1.0 for perfectly uniform routing.
+
+    ``router_probs`` (N, E) softmax outputs, ``expert_mask`` (N, E) the experts each token went to,
+    ``token_mask`` (N,) optional, which tokens count. ``f_e`` is the share of dispatches that went
+    to expert e and ``P_e`` the mean router probability of expert e.
+    """
+    num_experts = router_probs.shape[-1]
+    probs = router_probs.float()
+    dispatch = expert_mask.float()
+    if token_mask is not None:
+        keep = token_mask.reshape(-1).bool()
+        probs, dispatch = probs[keep], dispatch[keep]
+    if probs.numel() == 0:
+        return router_probs.new_zeros(())
+    f = dispatch.sum(dim=0) / dispatch.sum().clamp_min(1.0)  # (E,) share of dispatches per expert
+    p = probs.mean(dim=0)  # (E,) mean router probability per expert
+    return num_experts * torch.sum(f * p)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class Expert(nn.Module):
+    """One feed-forward expert: H -> expert_hidden -> H."""
+
+    def __init__(self, hidden: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, inner)
+        self.fc2 = nn.Linear(inner, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x))))  # (N, H)
+
+
+@dataclass
+class MoEOutput:
+    """What the MoE layer returns besides its hidden states."""
+
+    hidden: torch.Tensor  # (B, T, H)
+    router_probs: torch.Tensor  # (N, E) over the N real (non-padding) tokens
+    expert_mask: torch.Tensor  # (N, E) bool, the experts each token used
+    aux_loss: torch.Tensor  # () load-balancing loss (top_p mode), 0 in dense mode
+
+
+class MoELayer(nn.Module):
+    """Experts over the encoder's token outputs, with a residual connection and a LayerNorm."""
+
+    def __init__(self, config: DetectorConfig, hidden: int) -> None:
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_p = config.top_p
+        self.dense_weights = config.dense_weights
+        self.router = nn.Linear(hidden, config.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            Expert(hidden, config.expert_hidden, config.moe_dropout) for _ in range(config.num_experts)
+        )
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, mode: MoEMode) -> MoEOutput:
+        B, T, H = hidden.shape
+        real = attention_mask.reshape(-1).bool()  # (B*T,)
+        x = hidden.reshape(B * T, H)[real]  # (N, H) only real tokens are routed
+        router_logits = self.router(x)  # (N, E)
+        router_probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)  # (N, E) softmax in float32
+        if mode == "dense":
+            mask = torch.ones_like(router_probs, dtype=torch.bool)  # (N, E)
+            if self.dense_weights == "uniform":
+                weights = torch.full_like(router_probs, 1.0 / self.num_experts)
+            else:
+                weights = router_probs
+            out = torch.zeros_like(x)
+            for e, expert in enumerate(self.experts):
+                out = out + weights[:, e : e + 1].to(x.dtype) * expert(x)  # (N, H)
+            aux = router_probs.new_zeros(())
+        else:
+            weights, mask = top_p_routing(router_probs, self.top_p)  # (N, E), (N, E)
+            out = torch.zeros_like(x)
+            for e, expert in enumerate(self.experts):
+                idx = mask[:, e].nonzero(as_tuple=True)[0]  # tokens routed to expert e
+                if idx.numel() == 0:
+                    continue
+                contribution = weights[idx, e : e + 1].to(x.dtype) * expert(x[idx])  # (n_e, H)
+                out = out.index_add(0, idx, contribution)
+            aux = load_balancing_loss(router_probs, mask)
+        mixed = self.norm(x + out)  # (N, H)
+        full = hidden.reshape(B * T, H).clone()
+        full[real] = mixed
+        return MoEOutput(full.reshape(B, T, H), router_probs, mask, aux)
+
+
+class MLMHead(nn.Module):
+    """Transform then decode with the (tied) word embedding matrix."""
+
+    def __init__(self, hidden: int, vocab_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(x)))  # (M, H)
+        return F.linear(h, word_embeddings, self.bias)  # (M, V)
+
+
+class AttentionPooling(nn.Module):
+    """A learned softmax weighting of the token states."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(hidden, 1)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.score(hidden).squeeze(-1)  # (B, T)
+        logits = logits.masked_fill(~attention_mask.bool(), torch.finfo(logits.dtype).min)
+        weights = torch.softmax(logits.float(), dim=-1).to(hidden.dtype)  # (B, T)
+        return torch.einsum("bt,bth->bh", weights, hidden)  # (B, H)
+
+
+class AnomalyHead(nn.Module):
+    """MLP on the pooled embedding: H -> head_hidden -> 1 (a logit)."""
+
+    def __init__(self, hidden: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, inner)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(inner, 1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.gelu(self.fc1(pooled)))).squeeze(-1)  # (B,)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass
+class DetectorOutput:
+    """The outputs of one forward pass; losses are ``None`` when their labels were not given."""
+
+    logits: torch.Tensor  # (B,) anomaly logit
+    scores: torch.Tensor  # (B,) sigmoid(logits)
+    pooled: torch.Tensor  # (B, H)
+    router_probs: torch.Tensor  # (N, E)
+    expert_mask: torch.Tensor  # (N, E)
+    aux_loss: torch.Tensor  # ()
+    loss: torch.Tensor | None = None
+    cls_loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    mlm_nll: torch.Tensor | None = None  # (B, T) NLL of each masked token, 0 elsewhere
+
+
+def embedding_weight(encoder: nn.Module) -> torch.Tensor:
+    """The (V, H) word embedding matrix of a transformers encoder."""
+    weight = encoder.get_input_embeddings().weight  # type: ignore[operator]
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def _init_new_module(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class MoEBertForLogAnomaly(nn.Module):
+    """Encoder + MoE + MLM head + pooling + anomaly head; ``forward`` returns the loss with the outputs."""
+
+    def __init__(self, config: DetectorConfig, encoder: PreTrainedModel) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        hidden = int(encoder.config.hidden_size)
+        vocab = int(embedding_weight(encoder).shape[0])
+        self.moe = MoELayer(config, hidden)
+        self.mlm_head = MLMHead(hidden, vocab)
+        self.pool = AttentionPooling(hidden) if config.pooling == "attention" else None
+        self.head = AnomalyHead(hidden, config.head_hidden, config.head_dropout)
+        for module in (self.moe, self.mlm_head, self.head, self.pool):
+            if module is not None:
+                _init_new_module(module)
+        self.moe_mode: MoEMode = "top_p"
+        config.encoder_config = encoder.config.to_dict()
+        config.vocab_size = vocab
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the pooled embedding."""
+        return int(self.encoder.config.hidden_size)
+
+    def pooled_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pool token states (B, T, H) into (B, H)."""
+        if self.pool is not None:
+            return self.pool(hidden, attention_mask)
+        return hidden[:, 0]  # (B, H) the [CLS] state
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        moe_mode: MoEMode | None = None,
+    ) -> DetectorOutput:
+        """``labels`` (B,) 0/1 anomaly targets; ``mlm_labels`` (B, T) token ids at masked positions, -100 elsewhere."""
+        mode = moe_mode or self.moe_mode
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        moe = self.moe(hidden, attention_mask, mode)
+        pooled = self.pooled_from(moe.hidden, attention_mask)  # (B, H)
+        logits = self.head(pooled)  # (B,)
+        out = DetectorOutput(
+            logits=logits,
+            scores=torch.sigmoid(logits.float()),
+            pooled=pooled,
+            router_probs=moe.router_probs,
+            expert_mask=moe.expert_mask,
+            aux_loss=moe.aux_loss,
+        )
+        losses: list[torch.Tensor] = []
+        if labels is not None:
+            out.cls_loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            losses.append(out.cls_loss)
+        if mlm_labels is not None:
+            masked = mlm_labels != -100  # (B, T)
+            word_embeddings = embedding_weight(self.encoder)  # (V, H)
+            mlm_logits = self.mlm_head(moe.hidden[masked], word_embeddings)  # (M, V) only masked tokens
+            nll = F.cross_entropy(mlm_logits.float(), mlm_labels[masked], reduction="none")  # (M,)
+            out.mlm_nll = torch.zeros(mlm_labels.shape, dtype=nll.dtype, device=nll.device)
+            out.mlm_nll[masked] = nll
+            out.mlm_loss = nll.mean() if nll.numel() else nll.sum()
+            losses.append(out.mlm_loss)
+        if losses:
+            total = torch.stack(losses).sum()
+            if mode == "top_p" and self.config.lb_coef > 0:
+                total = total + self.config.lb_coef * moe.aux_loss
+            out.loss = total
+        return out
+
+    # ------------------------------------------------------------------------- freezing
+
+    def encoder_layers(self) -> nn.ModuleList | None:
+        """The encoder's list of transformer layers (BERT-like encoders), else ``None``."""
+        inner = getattr(self.encoder, "encoder", None)
+        layers = getattr(inner, "layer", None)
+        return layers if isinstance(layers, nn.ModuleList) else None
+
+    def freeze_lower(self, num_layers: int) -> None:
+        """Freeze the embeddings and the lowest ``num_layers`` encoder layers (0: train everything)."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(True)
+        if num_layers <= 0:
+            return
+        layers = self.encoder_layers()
+        if layers is None:
+            logger.warning("cannot freeze layers of a %s encoder; training all", type(self.encoder).__name__)
+            return
+        self.encoder.get_input_embeddings().requires_grad_(False)
+        embeddings = getattr(self.encoder, "embeddings", None)
+        if embeddings is not None:
+            embeddings.requires_grad_(False)
+        for layer in layers[: min(num_layers, len(layers))]:
+            layer.requires_grad_(False)
+
+    # ------------------------------------------------------------------------- save / load
+
+    def save_pretrained(self, save_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        """Write ``config.json``, ``model.safetensors`` and, when given, the tokenizer files."""
+        out = Path(save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.encoder_config = self.encoder.config.to_dict()
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.config.to_json_file(out / CONFIG_NAME)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+
+    @classmethod
+    def from_pretrained(cls, load_dir: str | Path) -> MoEBertForLogAnomaly:
+        """Rebuild a model saved by :meth:`save_pretrained` (no network, no pretrained encoder needed)."""
+        folder = Path(load_dir)
+        if not (folder / CONFIG_NAME).exists() or not (folder / WEIGHTS_NAME).exists():
+            raise ModelError(f"{folder}: not a detector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        config = DetectorConfig.from_json_file(folder / CONFIG_NAME)
+        if not config.encoder_config:
+            raise ModelError(f"{folder / CONFIG_NAME}: no encoder_config recorded")
+        encoder = encoder_from_config(config.encoder_config)
+        model = cls(config, encoder)
+        state = load_file(str(folder / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ModelError(
+                f"{folder}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        model.eval()
+        return model
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def encoder_from_config(encoder_config: dict[str, Any]) -> PreTrainedModel:
+    """A randomly initialised encoder from a saved config dict (weights are loaded afterwards)."""
+    d = dict(encoder_config)
+    model_type = d.get("model_type", "bert")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelError(f"unknown encoder model_type {model_type!r}")
+    cfg = CONFIG_MAPPING[model_type].from_dict(d)
+    try:
+        return AutoModel.from_config(cfg, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(cfg)
+
+
+def _placeholder_phrase(token: str) -> str:
+    """A plain-words reading of a placeholder, used to initialise its new embedding."""
+    inner = token.strip("<>")
+    if inner.startswith("dur:1e"):
+        exponent = int(inner[len("dur:1e") : -2])
+        return f"duration {10.0**exponent:g} milliseconds"
+    words = {"ip": "ip address", "num": "number", "id": "identifier", "hex": "hex value", "dur:0": "zero duration"}
+    return words.get(inner, inner)
+
+
+def build_tokenizer(config: DetectorConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of the encoder (the bundled one for ``mini-scratch``), with placeholder tokens added."""
+    from transformers import AutoTokenizer
+
+    source = resolve_encoder("bundled" if config.encoder == SCRATCH_ENCODER else config.encoder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {source!r}: {exc}") from None
+    if config.add_placeholder_tokens:
+        tokenizer.add_tokens(list(PLACEHOLDER_TOKENS))
+    return tokenizer
+
+
+def build_model(config: DetectorConfig, tokenizer: PreTrainedTokenizerBase) -> MoEBertForLogAnomaly:
+    """A fresh detector: pretrained (or scratch) encoder, new MoE and heads, embeddings sized to the tokenizer."""
+    if config.encoder == SCRATCH_ENCODER:
+        bert_cfg = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.scratch_hidden,
+            num_hidden_layers=config.scratch_layers,
+            num_attention_heads=config.scratch_heads,
+            intermediate_size=config.scratch_intermediate,
+            max_position_embeddings=max(512, config.max_length),
+            pad_token_id=tokenizer.pad_token_id or 0,
+        )
+        encoder = encoder_from_config(bert_cfg.to_dict())
+    else:
+        source = resolve_encoder(config.encoder)
+        try:
+            try:
+                encoder = AutoModel.from_pretrained(source, add_pooling_layer=False)
+            except TypeError:
+                encoder = AutoModel.from_pretrained(source)
+        except OSError as exc:
+            raise ModelError(f"cannot load the encoder {source!r}: {exc}") from None
+        old_vocab = embedding_weight(encoder).shape[0]
+        if len(tokenizer) > old_vocab:
+            _grow_embeddings(encoder, tokenizer, old_vocab)
+        if config.num_encoder_layers:
+            _truncate_layers(encoder, config.num_encoder_layers)
+    model = MoEBertForLogAnomaly(config, encoder)
+    model.freeze_lower(config.freeze_layers)
+    return model
+
+
+def _grow_embeddings(encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, old_vocab: int) -> None:
+    """Add rows for the new tokens, each the mean embedding of a plain-words reading of it."""
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    weight = embedding_weight(encoder)
+    with torch.no_grad():
+        for token_id in range(old_vocab, len(tokenizer)):
+            token = tokenizer.convert_ids_to_tokens(token_id)
+            phrase = _placeholder_phrase(str(token))
+            pieces = [i for i in tokenizer(phrase, add_special_tokens=False)["input_ids"] if i < old_vocab]
+            if pieces:
+                weight[token_id] = weight[pieces].mean(dim=0)
+            else:
+                weight[token_id] = weight[:old_vocab].mean(dim=0)
+
+
+def _truncate_layers(encoder: PreTrainedModel, keep: int) -> None:
+    inner = getattr(encoder, "encoder", None)
+    layers = getattr(inner, "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelError(f"num_encoder_layers is not supported for a {type(encoder).__name__} encoder")
+    if keep < len(layers):
+        assert inner is not None
+        inner.layer = nn.ModuleList(list(layers)[:keep])
+        encoder.config.num_hidden_layers = keep
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those that require grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = [
+    "AnomalyHead",
+    "AttentionPooling",
+    "DetectorOutput",
+    "Expert",
+    "MLMHead",
+    "MoEBertForLogAnomaly",
+    "MoELayer",
+    "build_model",
+    "build_tokenizer",
+    "count_parameters",
+    "load_balancing_loss",
+    "top_p_routing",
+]

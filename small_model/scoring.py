@@ -1,0 +1,432 @@
+"""Score log sequences with a trained MoE-BERT detector folder.
+
+    detector = MoEBertDetector.from_pretrained("artifacts/detector")
+    scores = detector.score([["line", "line", ...], ...])      # (N,) in [0, 1]
+    flagged = scores >= detector.threshold
+
+Supervised artifacts score with the anomaly head alone (a probability). Label-free artifacts fuse
+three scores, each mapped to [0, 1] by a robust z-score against held-out normal sequences and a
+sigmoid: the one-class head, the cosine kNN distance of the pooled embedding to a bank of training
+embeddings, and the reconstruction loss (masked-token NLL under deterministic masking).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from core.errors import ModelError
+from core.io import write_json
+from core.normalize import Normalizer
+from small_model.data import (
+    encode_texts,
+    line_index,
+    maskable,
+    pad_batch,
+    sequence_text,
+    special_ids,
+    strided_masks,
+)
+from small_model.modeling import CONFIG_NAME, WEIGHTS_NAME, MoEBertForLogAnomaly
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("head", "knn", "recon")
+CALIBRATION_NAME = "calibration.json"
+NORMALIZER_NAME = "normalizer.json"
+BANK_NAME = "embedding_bank.safetensors"
+METRICS_NAME = "metrics.json"
+HIGH_RISK = 0.85
+RiskLevel = Literal["high", "medium", "low"]
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class ScoreStats:
+    """Maps a raw score to [0, 1]: ``sigmoid((x - center) / scale - offset)``."""
+
+    center: float = 0.0
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """The normalized score of each raw value."""
+        z = (np.asarray(values, dtype=np.float64) - self.center) / max(self.scale, 1e-12) - self.offset
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+
+    @classmethod
+    def robust(cls, values: np.ndarray, offset: float = 3.0) -> ScoreStats:
+        """Median and MAD (scaled to a standard deviation) of normal scores; ``offset`` robust sigmas."""
+        v = np.asarray(values, dtype=np.float64)
+        center = float(np.median(v))
+        mad = float(np.median(np.abs(v - center))) * 1.4826
+        spread = float(np.std(v))
+        scale = mad if mad > 1e-9 else (spread if spread > 1e-9 else 1e-3)
+        return cls(center=center, scale=scale, offset=offset)
+
+
+@dataclass
+class Calibration:
+    """How raw scores become the final score and the decision: weights, threshold, normalization stats."""
+
+    mode: Literal["supervised", "unsupervised"] = "supervised"
+    weights: dict[str, float] = field(default_factory=lambda: {"head": 1.0, "knn": 0.0, "recon": 0.0})
+    threshold: float = 0.5
+    threshold_source: str = "default"  # validation | contamination | default
+    stats: dict[str, ScoreStats] = field(default_factory=dict)
+    contamination: float = 0.05
+    knn_k: int = 5
+    recon_reduce: Literal["mean", "max_line", "topk"] = "max_line"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["stats"] = {k: asdict(v) for k, v in self.stats.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """Rebuild from :meth:`to_dict` output."""
+        d = dict(data)
+        d["stats"] = {k: ScoreStats(**v) for k, v in d.get("stats", {}).items()}
+        return cls(**d)
+
+    def active(self) -> list[str]:
+        """The components with a non-zero weight."""
+        return [c for c in COMPONENTS if self.weights.get(c, 0.0) > 0]
+
+    def fuse(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        """The final score in [0, 1]: ``sum_c w_c * normalize_c(raw_c)`` (weights sum to 1)."""
+        if self.mode == "supervised":
+            return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(raw["head"], dtype=np.float64), -60.0, 60.0)))
+        total = sum(self.weights.get(c, 0.0) for c in self.active()) or 1.0
+        n = len(next(iter(raw.values())))
+        out = np.zeros(n, dtype=np.float64)
+        for c in self.active():
+            out += self.weights[c] / total * self.stats[c].apply(raw[c])
+        return out
+
+
+def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """The threshold (midway between neighbouring scores) with the best F1, and that F1."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(1 - y_sorted)
+    positives = max(int(y.sum()), 1)
+    f1 = 2 * tp / (tp + fp + positives)
+    # only cut between distinct scores
+    distinct = np.r_[s_sorted[1:] < s_sorted[:-1], True]
+    f1 = np.where(distinct, f1, -1.0)
+    i = int(np.argmax(f1))
+    upper = s_sorted[i]
+    lower = s_sorted[i + 1] if i + 1 < len(s_sorted) else upper - 1e-6
+    return float((upper + lower) / 2), float(f1[i])
+
+
+def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1, ROC-AUC, PR-AUC and the confusion matrix at ``threshold``."""
+    from sklearn.metrics import (
+        average_precision_score,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    pred = (s >= threshold).astype(np.int64)
+    both = len(np.unique(y)) == 2
+    best_thr, best_f1 = best_f1_threshold(y, s) if both else (float("nan"), float("nan"))
+    return {
+        "n": len(y),
+        "n_anomalous": int(y.sum()),
+        "threshold": float(threshold),
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "roc_auc": float(roc_auc_score(y, s)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, s)) if both else float("nan"),
+        "best_f1_threshold": best_thr,
+        "best_f1": best_f1,
+        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+    }
+
+
+def calibrate_fusion(
+    raw: dict[str, np.ndarray], labels: np.ndarray, stats: dict[str, ScoreStats], step: float = 0.1
+) -> tuple[dict[str, float], float, float]:
+    """Grid-search weights on the simplex (maximizing ROC-AUC + best F1) and the best-F1 threshold.
+
+    Returns ``(weights, threshold, objective)``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels, dtype=np.int64)
+    normed = {c: stats[c].apply(raw[c]) for c in COMPONENTS if c in raw and c in stats}
+    names = list(normed)
+    ticks = round(1 / step)
+    best: tuple[float, dict[str, float], float] = (-1.0, {}, 0.5)
+    grid = _simplex(len(names), ticks)
+    for point in grid:
+        w = {c: p / ticks for c, p in zip(names, point, strict=True)}
+        fused = sum(w[c] * normed[c] for c in names)
+        assert isinstance(fused, np.ndarray)
+        thr, f1 = best_f1_threshold(y, fused)
+        objective = roc_auc_score(y, fused) + f1
+        # prefer balanced weights on ties: a tiny bonus for the entropy of the weights
+        entropy = -sum(v * math.log(v) for v in w.values() if v > 0)
+        objective += 1e-4 * entropy
+        if objective > best[0]:
+            best = (objective, w, thr)
+    objective, weights, threshold = best
+    return {c: float(weights.get(c, 0.0)) for c in COMPONENTS}, float(threshold), float(objective)
+
+
+def _simplex(dims: int, ticks: int) -> list[tuple[int, ...]]:
+    if dims == 1:
+        return [(ticks,)]
+    out: list[tuple[int, ...]] = []
+    for first in range(ticks + 1):
+        out.extend((first, *rest) for rest in _simplex(dims - 1, ticks - first))
+    return out
+
+
+def risk_level(score: float, threshold: float, high: float = HIGH_RISK) -> RiskLevel:
+    """``high`` above 0.85 (when flagged), ``medium`` at or above the threshold, else ``low``."""
+    if score >= threshold:
+        return "high" if score > high else "medium"
+    return "low"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short sha256 of the model's weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- the detector
+
+
+@dataclass
+class Detection:
+    """One scored sequence."""
+
+    score: float
+    is_anomaly: bool
+    risk: RiskLevel
+
+
+class MoEBertDetector:
+    """A trained detector: model, tokenizer, normalizer, calibration and (label-free) embedding bank."""
+
+    def __init__(
+        self,
+        model: MoEBertForLogAnomaly,
+        tokenizer: PreTrainedTokenizerBase,
+        normalizer: Normalizer | None = None,
+        calibration: Calibration | None = None,
+        bank: torch.Tensor | None = None,
+        metrics: dict[str, Any] | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.normalizer = normalizer or Normalizer()
+        self.calibration = calibration or Calibration()
+        self.bank = F.normalize(bank.float(), dim=-1) if bank is not None else None
+        self.metrics = metrics or {}
+        self.batch_size = batch_size
+        self._never = special_ids(tokenizer)
+
+    # ------------------------------------------------------------------------- properties
+
+    @property
+    def config(self) -> Any:
+        """The model's :class:`DetectorConfig`."""
+        return self.model.config
+
+    @property
+    def threshold(self) -> float:
+        """Scores at or above this are anomalies."""
+        return float(self.calibration.threshold)
+
+    @property
+    def version(self) -> str:
+        """The version id recorded when the artifact was saved (weights digest + time)."""
+        return str(self.model.config.version or "unsaved")
+
+    @property
+    def mode(self) -> str:
+        """``supervised`` or ``unsupervised``."""
+        return self.calibration.mode
+
+    # ------------------------------------------------------------------------- save / load
+
+    def save_pretrained(self, save_dir: str | Path) -> Path:
+        """Write the whole artifact folder; stamps a fresh version id into the config."""
+        out = Path(save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = self.model.config
+        cfg.created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cfg.version = f"moebert-{weights_digest(self.model)}-{cfg.created_at.replace('-', '').replace(':', '')}"
+        self.model.save_pretrained(out, tokenizer=self.tokenizer)
+        write_json(out / NORMALIZER_NAME, self.normalizer.to_dict())
+        write_json(out / CALIBRATION_NAME, self.calibration.to_dict())
+        if self.bank is not None:
+            save_file({"bank": self.bank.contiguous()}, str(out / BANK_NAME))
+        if self.metrics:
+            write_json(out / METRICS_NAME, self.metrics)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, batch_size: int = 32) -> MoEBertDetector:
+        """Load an artifact folder written by :meth:`save_pretrained` (or by training)."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ModelError(f"{folder}: no such detector folder")
+        for name in (CONFIG_NAME, WEIGHTS_NAME, CALIBRATION_NAME):
+            if not (folder / name).exists():
+                raise ModelError(f"{folder}: not a detector artifact ({name} missing)")
+        model = MoEBertForLogAnomaly.from_pretrained(folder)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{folder}: cannot load the tokenizer ({exc})") from None
+        normalizer = Normalizer()
+        if (folder / NORMALIZER_NAME).exists():
+            normalizer = Normalizer.from_dict(json.loads((folder / NORMALIZER_NAME).read_text(encoding="utf-8")))
+        calibration = Calibration.from_dict(json.loads((folder / CALIBRATION_NAME).read_text(encoding="utf-8")))
+        bank = load_file(str(folder / BANK_NAME))["bank"] if (folder / BANK_NAME).exists() else None
+        if calibration.weights.get("knn", 0) > 0 and bank is None:
+            raise ModelError(f"{folder}: calibration uses the kNN score but {BANK_NAME} is missing")
+        metrics = {}
+        if (folder / METRICS_NAME).exists():
+            metrics = json.loads((folder / METRICS_NAME).read_text(encoding="utf-8"))
+        return cls(model, tokenizer, normalizer, calibration, bank, metrics, batch_size)
+
+    # ------------------------------------------------------------------------- raw scores
+
+    def texts(self, sequences: Sequence[Sequence[str]]) -> list[str]:
+        """The model input text of each sequence (normalized lines joined with [SEP])."""
+        return [sequence_text(lines, self.normalizer, self.config.line_separator) for lines in sequences]
+
+    @torch.inference_mode()
+    def raw_from_texts(self, texts: Sequence[str], components: Sequence[str] = COMPONENTS) -> dict[str, np.ndarray]:
+        """Raw component scores (``head`` as a logit) and pooled embeddings (``pooled``) of prepared texts."""
+        ids = encode_texts(self.tokenizer, texts, self.config.max_length)
+        n = len(ids)
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+        head = np.zeros(n)
+        recon = np.zeros(n)
+        pooled = np.zeros((n, self.model.hidden_size), dtype=np.float32)
+        order = sorted(range(n), key=lambda i: len(ids[i]))
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            input_ids, attention_mask = pad_batch([ids[i] for i in idx], pad_id)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            head[idx] = out.logits.double().numpy()  # logits: sigmoid saturates on normals
+            pooled[idx] = out.pooled.float().numpy()
+            if "recon" in components:
+                recon[idx] = self._recon(input_ids, attention_mask)
+        result: dict[str, np.ndarray] = {"head": head, "pooled": pooled}
+        if "recon" in components:
+            result["recon"] = recon
+        if "knn" in components and self.bank is not None:
+            result["knn"] = knn_distance(pooled, self.bank, self.calibration.knn_k)
+        return result
+
+    def _recon(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        mask_id = int(self.tokenizer.mask_token_id)
+        nll = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for masked_ids, labels in strided_masks(
+            input_ids, attention_mask, self._never, mask_id, self.config.recon_passes
+        ):
+            out = self.model(input_ids=masked_ids, attention_mask=attention_mask, mlm_labels=labels)
+            assert out.mlm_nll is not None
+            nll += out.mlm_nll.float()
+        scored = maskable(input_ids, attention_mask, self._never)  # (B, T)
+        return reduce_nll(nll, scored, input_ids, int(self.tokenizer.sep_token_id), self.calibration.recon_reduce)
+
+    def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+        """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of sequences."""
+        components = ["head"] if self.mode == "supervised" else [*self.calibration.active(), "head"]
+        return self.raw_from_texts(self.texts(sequences), components)
+
+    # ------------------------------------------------------------------------- public API
+
+    def score(self, sequences: Sequence[Sequence[str]]) -> np.ndarray:
+        """Anomaly score in [0, 1] of each sequence (a list of raw log lines)."""
+        if not sequences:
+            return np.zeros(0)
+        return self.calibration.fuse(self.raw_scores(sequences))
+
+    def embed(self, sequences: Sequence[Sequence[str]]) -> np.ndarray:
+        """Pooled embedding (N, H) of each sequence."""
+        if not sequences:
+            return np.zeros((0, self.model.hidden_size), dtype=np.float32)
+        return self.raw_from_texts(self.texts(sequences), ["head"])["pooled"]
+
+    def predict(self, sequences: Sequence[Sequence[str]]) -> list[Detection]:
+        """Score, decision and risk level of each sequence."""
+        thr = self.threshold
+        return [Detection(float(s), bool(s >= thr), risk_level(float(s), thr)) for s in self.score(sequences)]
+
+    def line_contributions(self, lines: Sequence[str]) -> list[float]:
+        """How much each line raises the score: full score minus the score without that line."""
+        if len(lines) <= 1:
+            return [float(s) for s in self.score([list(lines)])] if lines else []
+        variants = [list(lines)] + [[x for j, x in enumerate(lines) if j != i] for i in range(len(lines))]
+        scores = self.score(variants)
+        return [float(scores[0] - scores[i + 1]) for i in range(len(lines))]
+
+
+def knn_distance(queries: np.ndarray, bank: torch.Tensor, k: int) -> np.ndarray:
+    """Mean cosine distance of each query to its ``k`` nearest bank embeddings."""
+    q = F.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=-1)  # (N, H)
+    out = np.zeros(len(q))
+    k = max(1, min(k, bank.shape[0]))
+    for start in range(0, len(q), 1024):
+        sims = q[start : start + 1024] @ bank.T  # (n, Nb)
+        top = sims.topk(k, dim=-1).values  # (n, k)
+        out[start : start + 1024] = (1.0 - top.mean(dim=-1)).double().numpy()
+    return out
+
+
+def reduce_nll(nll: torch.Tensor, scored: torch.Tensor, input_ids: torch.Tensor, sep_id: int, how: str) -> np.ndarray:
+    """Per-sequence reconstruction score from token NLLs (B, T): mean, worst line mean, or top-5 mean."""
+    counts = scored.sum(dim=1).clamp_min(1)  # (B,)
+    if how == "mean":
+        return (nll.sum(dim=1) / counts).double().numpy()
+    if how == "topk":
+        k = min(5, nll.shape[1])
+        return nll.masked_fill(~scored, 0.0).topk(k, dim=1).values.mean(dim=1).double().numpy()
+    lines = line_index(input_ids, sep_id)  # (B, T)
+    num_lines = int(lines.max().item()) + 1
+    sums = torch.zeros(nll.shape[0], num_lines).scatter_add(1, lines, nll * scored)  # (B, L)
+    cnts = torch.zeros(nll.shape[0], num_lines).scatter_add(1, lines, scored.float())  # (B, L)
+    means = torch.where(cnts > 0, sums / cnts.clamp_min(1), torch.zeros_like(sums))
+    return means.max(dim=1).values.double().numpy()
