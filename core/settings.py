@@ -27,7 +27,24 @@ class Settings(BaseSettings):
     openai_model: str | None = None
     # service
     database_url: str = "sqlite+aiosqlite:///./logtriage.db"
-    api_keys: list[str] = []
+    api_keys: list[str] = []  # empty: no auth; else every endpoint but health and docs needs X-API-Key
+    migrate_on_start: bool = True
+    load_explainer: bool = True
+    explain_default: str = "auto"  # auto | never | always
+    explain_wait_seconds: float = 20.0
+    explain_lang: str = "en"
+    workers: int = 1  # in-process explanation workers (0: none; run `logtriage worker` elsewhere)
+    job_lease_seconds: float = 300.0
+    job_max_attempts: int = 3
+    # micro-batching of concurrent /detect requests
+    batching: bool = True
+    batch_window_ms: float = 5.0
+    max_batch_size: int = 64
+    # request limits
+    max_sequences_per_request: int = 256
+    max_lines_per_sequence: int = 1000
+    max_line_bytes_request: int = 16 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
     seed: int = 42
 
 

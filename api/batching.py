@@ -1,0 +1,103 @@
+"""Micro-batching: concurrent requests' sequences are scored together in one model call.
+
+Each caller awaits its own slice; a batch closes after ``window_ms`` or at ``max_batch``
+sequences, whichever comes first. The model runs in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    items: list[T]
+    future: asyncio.Future[list[R]]
+    results: list[R] = field(default_factory=list)
+
+
+class MicroBatcher(Generic[T, R]):
+    """Groups the items of concurrent ``submit`` calls into batches for ``fn`` (run in a thread)."""
+
+    def __init__(self, fn: Callable[[list[T]], Sequence[R]], window_ms: float = 5.0, max_batch: int = 64,
+                 enabled: bool = True) -> None:
+        self.fn = fn
+        self.window = window_ms / 1000.0
+        self.max_batch = max(1, max_batch)
+        self.enabled = enabled
+        self._queue: asyncio.Queue[_Pending[T, R]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one model call at a time when batching is off
+        self.batches = 0
+        self.items = 0
+
+    async def start(self) -> None:
+        """Start the collector task (inside the running loop)."""
+        if self.enabled and self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop the collector; pending callers get an error."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def submit(self, items: list[T]) -> list[R]:
+        """Score ``items`` (possibly together with other callers' items) and return their results."""
+        if not items:
+            return []
+        if not self.enabled or self._queue is None:
+            async with self._lock:
+                self.batches += 1
+                self.items += len(items)
+                return list(await asyncio.to_thread(self.fn, items))
+        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(items, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            group = [first]
+            size = len(first.items)
+            deadline = loop.time() + self.window
+            while size < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+                group.append(nxt)
+                size += len(nxt.items)
+            flat = [item for pending in group for item in pending.items]
+            try:
+                results = list(await asyncio.to_thread(self.fn, flat))
+            except Exception as exc:  # every caller of the batch learns of it
+                for pending in group:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.items += len(flat)
+            start = 0
+            for pending in group:
+                end = start + len(pending.items)
+                if not pending.future.done():
+                    pending.future.set_result(results[start:end])
+                start = end
