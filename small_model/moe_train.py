@@ -354,7 +354,7 @@ def calibrate_unsupervised(
     """Embedding bank, robust score stats, fusion weights and threshold; returns calibration notes."""
     sep = detector.config.line_separator
     bank = detector.raw_from_texts(bank_texts, ["head"])["pooled"]
-    detector.bank = torch.nn.functional.normalize(torch.as_tensor(bank), dim=-1)
+    detector.bank = torch.as_tensor(bank)
     raw_calib = detector.raw_from_texts(calib_texts, COMPONENTS)
     cal = detector.calibration
     cal.stats = {c: ScoreStats.robust(raw_calib[c]) for c in COMPONENTS}

@@ -257,7 +257,7 @@ class MoEBertDetector:
         self.tokenizer = tokenizer
         self.normalizer = normalizer or Normalizer()
         self.calibration = calibration or Calibration()
-        self.bank = F.normalize(bank.float(), dim=-1) if bank is not None else None
+        self.bank = bank.float() if bank is not None else None  # (Nb, H) raw pooled embeddings
         self.metrics = metrics or {}
         self.batch_size = batch_size
         self._never = special_ids(tokenizer)
@@ -407,6 +407,7 @@ class MoEBertDetector:
 def knn_distance(queries: np.ndarray, bank: torch.Tensor, k: int) -> np.ndarray:
     """Mean cosine distance of each query to its ``k`` nearest bank embeddings."""
     q = F.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=-1)  # (N, H)
+    bank = F.normalize(bank.float(), dim=-1)  # (Nb, H)
     out = np.zeros(len(q))
     k = max(1, min(k, bank.shape[0]))
     for start in range(0, len(q), 1024):

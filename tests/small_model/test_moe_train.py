@@ -1,0 +1,192 @@
+"""Training end to end on a small generated set (tiny random BERT): label-free, supervised, bad data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from core.errors import DataError
+from small_model.moe_train import TrainArgs, parse_args, train_detector
+from small_model.scoring import MoEBertDetector
+
+torch.set_num_threads(1)
+
+TINY = {
+    "scratch_layers": 2,
+    "scratch_hidden": 48,
+    "scratch_heads": 2,
+    "scratch_intermediate": 96,
+    "expert_hidden": 48,
+    "head_hidden": 16,
+}
+FLOWS = {
+    "order": ["validating cart for user {u}", "reserving {n} items in warehouse {w}", "charging card ending {c}",
+              "order {o} created"],
+    "payment": ["opening transaction {o}", "authorizing amount {a} EUR", "capturing funds from account {c}",
+                "transaction {o} committed"],
+    "auth": ["checking token for user {u}", "loading profile of user {u}", "issuing session {o}",
+             "login succeeded for user {u}"],
+    "search": ["parsing query of {n} terms", "querying shard {w}", "merging {n} partial results",
+               "returning {n} hits"],
+}  # fmt: skip
+ERRORS = ["ERROR database connection pool exhausted after {n} retries", "ERROR upstream returned 503",
+          "FATAL out of memory while allocating {n} MB", "ERROR certificate expired for host {w}"]  # fmt: skip
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    return template.format(
+        u=rng.choice(["alice", "bob", "carol", "dave"]), n=rng.randint(1, 99), w=f"wh-{rng.randint(1, 9)}",
+        c=rng.randint(1000, 9999), o=f"ord-{rng.randint(10000, 99999)}", a=f"{rng.uniform(1, 500):.2f}",
+    )  # fmt: skip
+
+
+def normal_lines(rng: random.Random) -> list[str]:
+    service = rng.choice(list(FLOWS))
+    ip = f"10.0.{rng.randint(0, 9)}.{rng.randint(1, 250)}"
+    lines = [f"2024-05-01 10:00:00 INFO {service}-service request from {ip}"]
+    for step in FLOWS[service]:
+        lines.append(f"2024-05-01 10:00:01 INFO {service}-service {_fill(step, rng)} took {rng.randint(5, 90)} ms")
+    lines.append(f"2024-05-01 10:00:02 INFO {service}-service response 200 in {rng.randint(100, 400)} ms")
+    return lines
+
+
+def anomalous_lines(rng: random.Random) -> tuple[list[str], str, int]:
+    """An anomalous sequence, its type and the index of the line that makes it anomalous."""
+    lines = normal_lines(rng)
+    kind = rng.choice(["error", "latency", "error"])
+    if kind == "error":
+        at = rng.randint(2, len(lines) - 1)
+        lines.insert(at, "2024-05-01 10:00:01 " + _fill(rng.choice(ERRORS), rng))
+    else:
+        at = rng.randint(1, len(lines) - 2)
+        lines[at] = lines[at].rsplit(" took ", 1)[0] + f" took {rng.randint(20000, 90000)} ms"
+    return lines, kind, at
+
+
+def records(n: int, anomaly_rate: float, seed: int, prefix: str) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if rng.random() < anomaly_rate:
+            lines, kind, _ = anomalous_lines(rng)
+            out.append({"sequence_id": f"{prefix}{i}", "label": 1, "log_entries": lines, "anomaly_type": kind})
+        else:
+            out.append({"sequence_id": f"{prefix}{i}", "label": 0, "log_entries": normal_lines(rng)})
+    return out
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path
+
+
+def tiny_args(tmp: Path, **overrides: Any) -> TrainArgs:
+    base: dict[str, Any] = dict(
+        train_file=tmp / "train.json", output_dir=tmp / "artifact", encoder="mini-scratch", threads=1,
+        progress=False, batch_size=16, epochs=1.0, mlm_epochs=2.0, lr=1e-3, head_lr=2e-3, max_length=128,
+        extra=dict(TINY),
+    )  # fmt: skip
+    base.update(overrides)
+    return TrainArgs(**base)
+
+
+@pytest.fixture(scope="module")
+def label_free_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    tmp = tmp_path_factory.mktemp("unsup")
+    write(tmp / "train.json", records(320, 0.0, 1, "tr"))
+    write(tmp / "val.json", records(120, 0.25, 2, "va"))
+    test = records(160, 0.25, 3, "te")
+    write(tmp / "test.json", test)
+    args = tiny_args(tmp, val_file=tmp / "val.json", test_file=tmp / "test.json", unsupervised=True)
+    return train_detector(args), test
+
+
+def test_label_free_ranks_injected_anomalies_above_normal(label_free_artifact) -> None:  # type: ignore[no-untyped-def]
+    path, test = label_free_artifact
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "normalizer.json", "calibration.json",
+                 "embedding_bank.safetensors", "metrics.json"):  # fmt: skip
+        assert (path / name).exists(), name
+    detector = MoEBertDetector.from_pretrained(path)
+    assert detector.mode == "unsupervised"
+    weights = detector.calibration.weights
+    assert set(weights) == {"head", "knn", "recon"} and sum(weights.values()) == pytest.approx(1.0)
+    scores = detector.score([r["log_entries"] for r in test])
+    labels = np.array([r["label"] for r in test])
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert roc_auc_score(labels, scores) > 0.9
+    # the artifact's recorded metrics agree with a fresh load
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["test"]["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert metrics["mode"] == "unsupervised" and metrics["seconds"]["total"] > 0
+    assert len(metrics["expert_usage"]["dispatch_share"]) == 4
+    assert set(metrics["history"]) == {"mlm-stage1-dense", "mlm-stage2-topp", "oneclass-head"}
+    # scores are reproducible (deterministic masking for the reconstruction score)
+    np.testing.assert_array_equal(scores, detector.score([r["log_entries"] for r in test]))
+
+
+def test_label_free_line_contributions_point_at_the_injected_line(label_free_artifact) -> None:  # type: ignore[no-untyped-def]
+    path, _ = label_free_artifact
+    detector = MoEBertDetector.from_pretrained(path)
+    rng = random.Random(7)
+    hits = 0
+    for _ in range(6):
+        lines = normal_lines(rng)
+        at = rng.randint(2, len(lines) - 1)
+        lines.insert(at, "2024-05-01 10:00:01 FATAL out of memory while allocating 512 MB")
+        contributions = detector.line_contributions(lines)
+        assert len(contributions) == len(lines)
+        hits += int(np.argmax(contributions) == at)
+    assert hits >= 4
+
+
+def test_supervised_training_separates_the_classes(tmp_path: Path) -> None:
+    write(tmp_path / "train.json", records(320, 0.3, 4, "tr"))
+    write(tmp_path / "val.json", records(100, 0.3, 5, "va"))
+    test = records(120, 0.3, 6, "te")
+    path = train_detector(tiny_args(tmp_path, val_file=tmp_path / "val.json", epochs=6.0, mlm_epochs=1.0, lr=2e-3))
+    detector = MoEBertDetector.from_pretrained(path)
+    assert detector.mode == "supervised" and detector.calibration.threshold_source == "validation"
+    scores = detector.score([r["log_entries"] for r in test])
+    labels = np.array([r["label"] for r in test])
+    assert roc_auc_score(labels, scores) > 0.95
+    predictions = detector.predict([r["log_entries"] for r in test])
+    flagged = np.array([p.is_anomaly for p in predictions])
+    assert (flagged == labels).mean() > 0.9
+    assert {p.risk for p in predictions} <= {"high", "medium", "low"}
+
+
+def _fails_before_training(tmp_path: Path, rows: list[dict[str, Any]] | str, match: str, **kw: Any) -> None:
+    train = tmp_path / "train.json"
+    if isinstance(rows, str):
+        train.write_text(rows)
+    else:
+        write(train, rows)
+    with pytest.raises(DataError, match=match):
+        train_detector(tiny_args(tmp_path, **kw))
+    assert not (tmp_path / "artifact").exists()
+
+
+def test_bad_data_fails_with_a_clear_message_before_training(tmp_path: Path) -> None:
+    _fails_before_training(tmp_path, "[]", "no records")
+    _fails_before_training(tmp_path, "", "empty")
+    anomalies = [r for r in records(60, 0.5, 8, "x") if r["label"] == 1]
+    _fails_before_training(tmp_path, anomalies, "all are anomalies", unsupervised=True)
+    normals = records(10, 0.0, 9, "n")
+    _fails_before_training(tmp_path, normals, "both classes.*--unsupervised")
+    unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in normals]
+    _fails_before_training(tmp_path, unlabeled, "no labels")
+    mixed = records(20, 0.5, 10, "m")
+    _fails_before_training(tmp_path, mixed, "no such file", val_file=tmp_path / "missing.json")
+
+
+def test_cli_flags_map_onto_train_args() -> None:
+    args = parse_args(["--train", "t.json", "--out", "o", "--unsupervised", "--epochs", "2", "--max-length", "64"])
+    assert args.unsupervised and args.epochs == 2.0 and args.max_length == 64
+    assert args.train_file == Path("t.json") and args.output_dir == Path("o")
