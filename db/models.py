@@ -1,0 +1,138 @@
+"""Tables: detections, their explanations, and the explanation job queue."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from db.base import Base, utcnow
+
+
+def new_id() -> str:
+    """A random UUID4 as text: not guessable, unique across replicas."""
+    return str(uuid.uuid4())
+
+
+class JobStatus(StrEnum):
+    """Life of an explanation job: queued -> running -> done, or back to queued on retry, or failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+_ACTIVE_WHERE = text("status IN ('queued', 'running')")
+
+
+class Detection(Base):
+    """The detector's verdict on one log sequence."""
+
+    __tablename__ = "detections"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sequence_id: Mapped[str] = mapped_column(String)
+    log_entries: Mapped[list[Any]]
+    score: Mapped[float] = mapped_column(Float)
+    is_anomaly: Mapped[bool]
+    risk_level: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String)
+    window_info: Mapped[dict[str, Any] | None]  # how the sequence was cut from raw lines, if it was
+    top_lines: Mapped[list[Any] | None]  # [{"index", "line", "contribution"}]
+    cluster_id: Mapped[int | None] = mapped_column(Integer)
+    cluster_description: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String)
+    source: Mapped[str | None] = mapped_column(String)
+
+    explanation: Mapped[Explanation | None] = relationship(
+        back_populates="detection", uselist=False, cascade="all, delete-orphan", passive_deletes=True
+    )
+    jobs: Mapped[list[ExplanationJob]] = relationship(
+        back_populates="detection", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __table_args__ = (
+        Index("ix_detections_created_at", "created_at"),
+        Index("ix_detections_is_anomaly_created_at", "is_anomaly", "created_at"),
+        Index("ix_detections_sequence_id", "sequence_id"),
+        Index("ix_detections_request_id", "request_id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"Detection(id={self.id!r}, sequence_id={self.sequence_id!r}, score={self.score!r})"
+
+
+class Explanation(Base):
+    """What the explainer said about one detection (at most one per detection)."""
+
+    __tablename__ = "explanations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    detection_id: Mapped[str] = mapped_column(String(36), ForeignKey("detections.id", ondelete="CASCADE"), unique=True)
+    category: Mapped[str] = mapped_column(String(100))
+    severity: Mapped[str] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(Text)
+    root_cause: Mapped[str] = mapped_column(Text)
+    suggested_response: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String)
+    base: Mapped[str] = mapped_column(String)
+    lang: Mapped[str] = mapped_column(String(16), default="en")
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    detection: Mapped[Detection] = relationship(back_populates="explanation")
+
+    __table_args__ = (Index("ix_explanations_category", "category"),)
+
+    def __repr__(self) -> str:
+        return f"Explanation(detection_id={self.detection_id!r}, category={self.category!r})"
+
+
+class ExplanationJob(Base):
+    """One queued request to explain a detection; the queue lives in this table."""
+
+    __tablename__ = "explanation_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    detection_id: Mapped[str] = mapped_column(String(36), ForeignKey("detections.id", ondelete="CASCADE"))
+    lang: Mapped[str] = mapped_column(String(16), default="en")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, server_default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    locked_by: Mapped[str | None] = mapped_column(String)
+    locked_at: Mapped[datetime | None]
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)  # not before: retry backoff
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    detection: Mapped[Detection] = relationship(back_populates="jobs")
+
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'done', 'failed')", name="status"),
+        CheckConstraint("attempts >= 0 AND max_attempts >= 1", name="attempts"),
+        # dequeue: WHERE status='queued' AND available_at <= now ORDER BY available_at, created_at
+        Index("ix_explanation_jobs_status_available_at", "status", "available_at", "created_at"),
+        # crash recovery: WHERE status='running' AND locked_at <= now - lease
+        Index("ix_explanation_jobs_status_locked_at", "status", "locked_at"),
+        Index("ix_explanation_jobs_detection_id", "detection_id"),
+        # at most one active (queued or running) job per detection; enqueue relies on it
+        Index(
+            "uq_explanation_jobs_active_detection",
+            "detection_id",
+            unique=True,
+            postgresql_where=_ACTIVE_WHERE,
+            sqlite_where=_ACTIVE_WHERE,
+        ),
+    )
+
+    def __repr__(self) -> str:
+        return f"ExplanationJob(id={self.id!r}, status={self.status!r}, attempts={self.attempts})"
