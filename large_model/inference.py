@@ -1,0 +1,393 @@
+"""The explainer at inference: ``logtriage explain``.
+
+:class:`Explainer` (in process) loads base + adapter and merges the LoRA into a plain
+bf16/fp32 model. Where the adapter was trained on an NF4 base, the base is loaded NF4 and
+de-quantized *before any forward pass* (a CPU forward repacks the 4-bit weights), so the
+merged weights are the very ones the LoRA was trained against, at bf16 speed.
+
+``explain`` chooses the category, then the severity, by the log-likelihood of each known label
+as the continuation of a fixed prefix (:mod:`prompts`): the prompt runs once into a KV cache and
+all labels of a field are scored in one batched forward from it. The summary, root cause and
+suggested response are then generated greedily (bounded tokens) after
+``{"category": "<chosen>", "severity": "<chosen>", "summary": "``, from the same cache. The
+result is validated as :class:`Explanation`; a text field the generation did not produce is
+filled with a fixed sentence and the result marked not strictly valid (``ExplainResult.parsed``).
+
+:class:`OpenAIExplainer` does the same against an OpenAI-compatible server (vLLM serving the
+base with the adapter); see its docstring.
+
+Bad input: an empty sequence or a non-text line is a :class:`DataError`; bytes are decoded with
+invalid UTF-8 replaced; long sequences keep their head and tail lines (:func:`prompts.fit_lines`);
+a context too small for even the instructions is a :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from core.errors import ModelError
+from large_model import prompts
+from large_model.bundled import resolve_base
+from large_model.encoding import PromptEncoder, end_of_turn_id
+from large_model.quant import bitsandbytes_available, get_quantization_config, parse_dtype, resolve_device
+from large_model.schema import Explanation, LabelSet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 160
+ANSWER_RESERVE = 48  # tokens kept free after the prompt for the label prefixes
+
+
+@dataclass
+class ExplainResult:
+    """An explanation with what led to it: label scores, the raw generated text, timing."""
+
+    explanation: Explanation
+    category_scores: dict[str, float]
+    severity_scores: dict[str, float]
+    generated: str
+    parsed: bool  # the generated text held all three text fields as valid JSON
+    seconds: float
+    omitted_lines: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ExplainerBackend(Protocol):
+    """What the API needs of an explainer, in process or remote."""
+
+    labels: LabelSet
+
+    def explain(
+        self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
+    ) -> Explanation: ...
+
+
+def _fallback_text(field_name: str, category: str, severity: str, lang: str) -> str:
+    what = category.replace("_", " ")
+    if lang == "zh":
+        table = {
+            "summary": f"检测到 {what} 异常（严重程度 {severity}）。",
+            "root_cause": "模型未给出根因；请查看日志序列。",
+            "suggested_response": f"按 {what} 的处理手册排查受影响的服务。",
+        }
+    else:
+        table = {
+            "summary": f"A {what} anomaly of {severity} severity was detected.",
+            "root_cause": "The model gave no root cause; inspect the log sequence.",
+            "suggested_response": f"Follow the {what} runbook for the affected service.",
+        }
+    return table[field_name]
+
+
+def build_explanation(
+    category: str, severity: str, generated: str, lang: str, model: str, base: str
+) -> tuple[Explanation, bool]:
+    """The validated Explanation from chosen labels and generated text; ``True`` if no field was filled in."""
+    fields, parsed = prompts.parse_generated(prompts.text_prefix(category, severity), generated)
+    complete = parsed and all(fields.get(k) for k in ("summary", "root_cause", "suggested_response"))
+    values = {
+        k: fields.get(k) or _fallback_text(k, category, severity, lang)
+        for k in ("summary", "root_cause", "suggested_response")
+    }
+    explanation = Explanation(category=category, severity=severity, model=model, base=base, **values)
+    return explanation, complete
+
+
+class PrefixScorer:
+    """Scores label continuations of a growing prefix from one KV cache."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.cache: Any = None
+        self.cached_ids: list[int] = []
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _advance(self, ids: list[int]) -> None:
+        """Make the cache hold exactly ``ids`` (crop what differs, run what is new)."""
+        common = 0
+        for a, b in zip(self.cached_ids, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        if self.cache is not None and common < len(self.cached_ids):
+            self.cache.crop(common)
+            self.cached_ids = self.cached_ids[:common]
+        new = ids[common:]
+        if not new:
+            return
+        input_ids = torch.tensor([new], device=self.device)  # (1, N)
+        positions = torch.arange(common, common + len(new), device=self.device)[None]  # (1, N)
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=positions, use_cache=True)
+        self.cache = out.past_key_values
+        self.cached_ids = list(ids)
+
+    @torch.inference_mode()
+    def score(self, text: str, candidates: Sequence[str], end: str = prompts.LABEL_END) -> list[float]:
+        """Summed log-probability of ``candidate + end`` after ``text``, for every candidate, one batched forward."""
+        fulls = [self._ids(text + c + end) for c in candidates]
+        base = self._ids(text)
+        shared = len(base)
+        for ids in fulls:
+            k = 0
+            for a, b in zip(base, ids, strict=False):
+                if a != b:
+                    break
+                k += 1
+            shared = min(shared, k)
+        # the cache covers the shared ids but one; each candidate's tail starts with that last shared token
+        cut = max(shared - 1, 0)
+        if cut:
+            self._advance(fulls[0][:cut])
+        tails = [ids[cut:] for ids in fulls]
+        width = max(len(t) for t in tails)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch = torch.full((len(tails), width), pad, dtype=torch.long, device=self.device)  # (C, T)
+        valid = torch.zeros((len(tails), width), dtype=torch.bool, device=self.device)  # (C, T)
+        for row, tail in enumerate(tails):
+            batch[row, : len(tail)] = torch.tensor(tail, device=self.device)
+            valid[row, : len(tail)] = True
+        cache = None
+        if cut:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(len(tails))
+        mask = torch.cat([torch.ones((len(tails), cut), dtype=torch.long, device=self.device), valid.long()], dim=1)
+        positions = torch.arange(cut, cut + width, device=self.device)[None].expand(len(tails), -1)  # (C, T)
+        logits = self.model(
+            input_ids=batch, past_key_values=cache, attention_mask=mask, position_ids=positions, use_cache=cut > 0
+        ).logits  # (C, T, V)
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (C, T-1, V)
+        target = batch[:, 1:]  # (C, T-1)
+        picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (C, T-1)
+        # every tail token after the first (the last shared one, already context) is a candidate token
+        counted = valid[:, 1:]  # (C, T-1)
+        return [float(v) for v in (picked * counted).sum(dim=1).tolist()]
+
+    @torch.inference_mode()
+    def generate(self, text: str, max_new_tokens: int, stop_ids: list[int]) -> str:
+        """Greedy continuation of ``text``, reusing the cache for its shared prefix."""
+        ids = self._ids(text)
+        common = 0
+        for a, b in zip(self.cached_ids, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)
+        cache = None
+        if self.cache is not None and common > 0:
+            cache = copy.deepcopy(self.cache)
+            cache.crop(common)
+        input_ids = torch.tensor([ids], device=self.device)
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            past_key_values=cache,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return str(self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
+
+    def reset(self) -> None:
+        """Forget the cache (a new prompt)."""
+        self.cache = None
+        self.cached_ids = []
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_file = path / "explainer.json"
+    if not meta_file.is_file():
+        return {}
+    try:
+        return dict(json.loads(meta_file.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{meta_file} is not valid JSON: {exc}") from None
+
+
+class Explainer:
+    """In-process explainer: label scoring + bounded greedy generation on a merged model."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        labels: LabelSet,
+        name: str,
+        base: str,
+        device: str = "cpu",
+        max_prompt_tokens: int = 1024,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.name = name
+        self.base = base
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 4096
+        self.max_prompt_tokens = min(max_prompt_tokens, context - max_new_tokens - ANSWER_RESERVE)
+        if self.max_prompt_tokens < 64:
+            raise ModelError(f"the model's context ({context} tokens) is too small for the explainer")
+        self.encoder = PromptEncoder(tokenizer, labels, self.max_prompt_tokens)
+        stops = {end_of_turn_id(tokenizer)}
+        if tokenizer.eos_token_id is not None:
+            stops.add(int(tokenizer.eos_token_id))
+        self.stop_ids = sorted(stops)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        labels: LabelSet | None = None,
+        merge: bool = True,
+    ) -> Explainer:
+        """Load an explainer folder (adapter + meta), or a plain base model folder / hub id / ``bundled``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dev = resolve_device(device)
+        torch_dtype = parse_dtype(dtype, dev)
+        folder = Path(path)
+        is_adapter = (folder / "adapter_config.json").is_file()
+        if not is_adapter:
+            base_path, base_name = resolve_base(str(path))
+            tokenizer = AutoTokenizer.from_pretrained(base_path)
+            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype).to(dev)  # type: ignore[arg-type]
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            label_set = labels or (
+                LabelSet.from_json(folder / "labels.json") if (folder / "labels.json").is_file() else LabelSet()
+            )
+            return cls(model, tokenizer, label_set, base_name, base_name, dev, max_new_tokens=max_new_tokens)
+        meta = _read_meta(folder)
+        base_name = str(meta.get("base") or "")
+        base_path = str(meta.get("base_path") or "")
+        if not base_path or not (Path(base_path).is_dir() or ("/" in base_path and not base_path.startswith("/"))):
+            base_path, resolved_name = resolve_base(base_name or None)
+            base_name = base_name or resolved_name
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        label_set = labels or LabelSet.from_json(folder / "labels.json")
+        model = _load_base_for_merge(base_path, meta.get("quantization") == "nf4", torch_dtype, dev)
+        from peft import PeftModel
+
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(folder))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the adapter in {folder}: {exc}") from None
+        merged = peft_model.merge_and_unload() if merge else peft_model
+        return cls(
+            merged,
+            tokenizer,
+            label_set,
+            str(folder),
+            base_name or base_path,
+            dev,
+            max_prompt_tokens=int(meta.get("max_prompt_tokens", 1024)),
+            max_new_tokens=max_new_tokens,
+        )
+
+    def explain(
+        self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
+    ) -> Explanation:
+        """Explain one anomalous sequence (category and severity scored, texts generated)."""
+        return self.explain_detailed(log_entries, lang, context).explanation
+
+    def explain_detailed(
+        self,
+        log_entries: Sequence[str | bytes],
+        lang: str = "en",
+        context: Mapping[str, Any] | None = None,
+        generate: bool = True,
+    ) -> ExplainResult:
+        """:meth:`explain` with the label scores, the raw generation and the time it took."""
+        started = time.perf_counter()
+        messages, omitted = self.encoder.messages(log_entries, lang, context)
+        prompt = self.encoder.render(messages)
+        scorer = PrefixScorer(self.model, self.tokenizer, self.device)
+        cats = self.labels.categories
+        cat_scores = scorer.score(prompt + prompts.category_prefix(), cats)
+        category = cats[max(range(len(cats)), key=cat_scores.__getitem__)]
+        sevs = self.labels.severities
+        sev_scores = scorer.score(prompt + prompts.severity_prefix(category), sevs)
+        severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
+        generated = ""
+        if generate:
+            generated = scorer.generate(
+                prompt + prompts.text_prefix(category, severity), self.max_new_tokens, self.stop_ids
+            )
+        explanation, parsed = build_explanation(category, severity, generated, lang, self.name, self.base)
+        return ExplainResult(
+            explanation=explanation,
+            category_scores=dict(zip(cats, cat_scores, strict=True)),
+            severity_scores=dict(zip(sevs, sev_scores, strict=True)),
+            generated=generated,
+            parsed=parsed and generate,
+            seconds=time.perf_counter() - started,
+            omitted_lines=omitted,
+        )
+
+
+def _load_base_for_merge(base_path: str, nf4: bool, dtype: torch.dtype, device: str) -> Any:
+    """The base as trained against: NF4 then de-quantized (no forward before!) where it was tuned NF4."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        if nf4 and bitsandbytes_available():
+            model = AutoModelForCausalLM.from_pretrained(
+                base_path,
+                quantization_config=get_quantization_config(dtype),
+                dtype=dtype,
+                device_map={"": device if device != "cuda" else 0},
+            )
+            model = model.dequantize()
+            model.is_loaded_in_4bit = False
+            return model.to(dtype)
+        return AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device)  # type: ignore[arg-type]
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load base model {base_path}: {exc}") from None
+
+
+def load_explainer(
+    path: str | Path | None = None,
+    backend: str | None = None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    settings: Any | None = None,
+) -> ExplainerBackend:
+    """The explainer chosen by settings (``LOGTRIAGE_LLM_BACKEND`` inprocess|openai), load it once."""
+    if settings is None:
+        from core.settings import get_settings
+
+        settings = get_settings()
+    chosen = backend or settings.llm_backend
+    folder = Path(path) if path is not None else Path(settings.explainer_path)
+    if chosen == "openai":
+        from large_model.remote import OpenAIExplainer
+
+        return OpenAIExplainer.from_settings(settings, tokenizer_path=folder, max_new_tokens=max_new_tokens)
+    if chosen != "inprocess":
+        raise ModelError(f"unknown explainer backend {chosen!r} (use inprocess or openai)")
+    if not folder.exists() and path is None:
+        raise ModelError(f"no explainer at {folder}: run `logtriage train-large` or set LOGTRIAGE_EXPLAINER_PATH")
+    return Explainer.from_pretrained(
+        folder if folder.exists() else str(path), device=device, dtype=dtype, max_new_tokens=max_new_tokens
+    )

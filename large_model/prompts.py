@@ -1,0 +1,254 @@
+"""Prompts of the explainer: system and user messages (English, Chinese), the answer's JSON form.
+
+The answer is one JSON object with its keys in a fixed order: category, severity, summary,
+root_cause, suggested_response (:func:`format_target`). Training teaches exactly that text, so
+inference can score each known label as the continuation of a fixed prefix
+(``{"category": "``), then score the severity after ``{"category": "<chosen>", "severity": "``,
+then generate the three texts after ``..., "summary": "``.
+
+Input cleaning (:func:`clean_lines`): byte strings are decoded as UTF-8 with invalid bytes
+replaced by U+FFFD, lone surrogates likewise; control characters other than tab are dropped;
+blank lines are dropped; an empty sequence is a :class:`DataError`.
+
+Truncation (:func:`fit_lines`): a line longer than ``max_line_chars`` keeps its head and ends
+with ``…``. When the lines still need more tokens than the budget, the head and the tail of the
+sequence are kept (half the budget each: the first lines show what was going on, the last ones
+how it ended) and one marker line ``... [N lines omitted] ...`` stands for the middle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from core.errors import DataError
+
+LANGS = ("en", "zh")
+LABEL_END = '",'  # what follows a label in the canonical JSON (tokenizers merge `",` into one token)
+MAX_LINE_CHARS = 400
+MAX_CONTEXT_ITEMS = 12
+MAX_CONTEXT_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+SYSTEM_PROMPTS = {
+    "en": (
+        "You are LogTriage, an SRE assistant. You read a sequence of microservice log lines that a "
+        "detector flagged as anomalous and answer with one JSON object with the keys category, "
+        "severity, summary, root_cause and suggested_response.\n"
+        "category is one of: {categories}.\nseverity is one of: {severities}."
+    ),
+    "zh": (
+        "你是 LogTriage，一名 SRE 助手。你阅读一段被检测器标记为异常的微服务日志序列，"
+        "并用一个 JSON 对象回答，键为 category、severity、summary、root_cause 和 suggested_response。\n"
+        "category 取值之一：{categories}。\nseverity 取值之一：{severities}。"
+    ),
+}
+USER_HEADERS = {"en": "Log sequence ({n} lines):", "zh": "日志序列（{n} 行）："}
+CONTEXT_HEADERS = {"en": "Context:", "zh": "上下文："}
+OMITTED = {"en": "... [{n} lines omitted] ...", "zh": "... [省略 {n} 行] ..."}
+
+
+def check_lang(lang: str) -> str:
+    """The language code, validated (``en`` or ``zh``)."""
+    if lang not in LANGS:
+        raise DataError(f"unknown language {lang!r} (use one of {', '.join(LANGS)})")
+    return lang
+
+
+def _clean_text(value: Any, index: int) -> str:
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("utf-8", errors="replace")
+    elif isinstance(value, str):
+        text = value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    else:
+        raise DataError(f"log line {index + 1} is {type(value).__name__}, not text")
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def clean_lines(log_entries: Sequence[str | bytes] | str | bytes) -> list[str]:
+    """Validated, cleaned log lines: text or UTF-8 bytes (invalid bytes become U+FFFD), blanks dropped."""
+    if isinstance(log_entries, str | bytes | bytearray):
+        raise DataError("log_entries must be a list of lines, not one string")
+    if log_entries is None or not isinstance(log_entries, Sequence):
+        raise DataError("log_entries must be a list of lines")
+    lines: list[str] = []
+    for index, value in enumerate(log_entries):
+        text = _clean_text(value, index)
+        lines.extend(part for part in (p.strip() for p in text.split("\n")) if part)
+    if not lines:
+        raise DataError("empty log sequence: nothing to explain")
+    return lines
+
+
+def _cap_line(line: str, max_chars: int) -> str:
+    return line if len(line) <= max_chars else line[: max_chars - 1] + "…"
+
+
+def fit_lines(
+    lines: Sequence[str],
+    budget_tokens: int,
+    count_tokens: Callable[[str], int],
+    lang: str = "en",
+    max_line_chars: int = MAX_LINE_CHARS,
+) -> tuple[list[str], int]:
+    """Lines that fit ``budget_tokens`` (head and tail kept, a marker between); returns them and how many were cut."""
+    if budget_tokens <= 0:
+        raise DataError("the model's context has no room for log lines")
+    capped = [_cap_line(line, max_line_chars) for line in lines]
+    costs: dict[int, int] = {}
+
+    def cost(i: int) -> int:
+        if i not in costs:
+            costs[i] = count_tokens(capped[i]) + 1  # + the newline
+        return costs[i]
+
+    total = 0
+    for i in range(len(capped)):
+        total += cost(i)
+        if total > budget_tokens:
+            break
+    else:
+        return capped, 0
+    marker_cost = count_tokens(OMITTED[lang].format(n=len(capped))) + 1
+    room = budget_tokens - marker_cost
+    head: list[int] = []
+    tail: list[int] = []
+    used_head = used_tail = 0
+    lo, hi = 0, len(capped) - 1
+    # alternate head and tail so neither end starves; each side may use up to half the room first
+    while lo <= hi:
+        progressed = False
+        if used_head + cost(lo) <= room // 2 or (not tail and used_head + cost(lo) <= room - used_tail):
+            used_head += cost(lo)
+            head.append(lo)
+            lo += 1
+            progressed = True
+        if lo <= hi and used_tail + cost(hi) <= room - used_head and used_tail + cost(hi) <= room - room // 2:
+            used_tail += cost(hi)
+            tail.append(hi)
+            hi -= 1
+            progressed = True
+        if not progressed:
+            break
+    if not head and not tail:
+        raise DataError("a single log line does not fit the model's context, even truncated")
+    omitted = len(capped) - len(head) - len(tail)
+    kept = [capped[i] for i in head] + [OMITTED[lang].format(n=omitted)] + [capped[i] for i in reversed(tail)]
+    return kept, omitted
+
+
+def format_context(context: Mapping[str, Any] | None, lang: str) -> str:
+    """The optional context (service, host, detector score...) as ``key: value`` lines, bounded."""
+    if not context:
+        return ""
+    if not isinstance(context, Mapping):
+        raise DataError("context must be an object of key/value pairs")
+    items = []
+    for key, value in list(context.items())[:MAX_CONTEXT_ITEMS]:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        items.append(f"{_clean_text(str(key), 0)[:60]}: {_cap_line(_clean_text(text, 0), MAX_CONTEXT_CHARS)}")
+    return CONTEXT_HEADERS[lang] + "\n" + "\n".join(items)
+
+
+def system_prompt(lang: str, categories: Sequence[str], severities: Sequence[str]) -> str:
+    """The system message naming the labels to choose among."""
+    return SYSTEM_PROMPTS[check_lang(lang)].format(categories=", ".join(categories), severities=", ".join(severities))
+
+
+def user_prompt(lines: Sequence[str], lang: str, context: Mapping[str, Any] | None = None, total: int = 0) -> str:
+    """The user message: the (already fitted) log lines and the optional context."""
+    header = USER_HEADERS[check_lang(lang)].format(n=total or len(lines))
+    parts = [header, "\n".join(lines)]
+    ctx = format_context(context, lang)
+    if ctx:
+        parts.append(ctx)
+    return "\n".join(parts)
+
+
+def build_messages(
+    lines: Sequence[str],
+    lang: str,
+    categories: Sequence[str],
+    severities: Sequence[str],
+    context: Mapping[str, Any] | None = None,
+    total: int = 0,
+) -> list[dict[str, str]]:
+    """System and user chat messages for one sequence."""
+    return [
+        {"role": "system", "content": system_prompt(lang, categories, severities)},
+        {"role": "user", "content": user_prompt(lines, lang, context, total)},
+    ]
+
+
+def format_target(category: str, severity: str, summary: str, root_cause: str, suggested_response: str) -> str:
+    """The assistant's answer in canonical form: one JSON object, fixed key order."""
+    return json.dumps(
+        {
+            "category": category,
+            "severity": severity,
+            "summary": summary,
+            "root_cause": root_cause,
+            "suggested_response": suggested_response,
+        },
+        ensure_ascii=False,
+    )
+
+
+def category_prefix() -> str:
+    """The fixed text after which each category is scored."""
+    return '{"category": "'
+
+
+def severity_prefix(category: str) -> str:
+    """The fixed text after which each severity is scored, given the chosen category."""
+    return '{"category": ' + json.dumps(category, ensure_ascii=False) + ', "severity": "'
+
+
+def text_prefix(category: str, severity: str) -> str:
+    """The text after which summary, root cause and suggested response are generated."""
+    return (
+        '{"category": '
+        + json.dumps(category, ensure_ascii=False)
+        + ', "severity": '
+        + json.dumps(severity, ensure_ascii=False)
+        + ', "summary": "'
+    )
+
+
+_STRING_FIELD = r'"{key}":\s*"((?:[^"\\]|\\.)*)"'
+
+
+def parse_generated(prefix: str, generated: str) -> tuple[dict[str, str], bool]:
+    """The text fields found in ``prefix + generated``; ``True`` when it parsed as the whole JSON object."""
+    text = prefix + generated
+    end = text.find("}")
+    while end != -1:
+        try:
+            obj = json.loads(text[: end + 1])
+        except json.JSONDecodeError:
+            end = text.find("}", end + 1)
+            continue
+        if isinstance(obj, dict) and all(isinstance(obj.get(k), str) and obj[k].strip() for k in _TEXT_KEYS):
+            return {k: obj[k].strip() for k in _TEXT_KEYS}, True
+        break
+    found: dict[str, str] = {}
+    for key in _TEXT_KEYS:
+        match = re.search(_STRING_FIELD.format(key=key), text)
+        if match:
+            try:
+                value = json.loads('"' + match.group(1) + '"')
+            except json.JSONDecodeError:
+                value = match.group(1)
+            if value.strip():
+                found[key] = value.strip()
+    if "summary" not in found:
+        # generation stopped inside the summary string: keep what was written
+        partial = generated.split('"', 1)[0].strip()
+        if partial:
+            found["summary"] = partial
+    return found, False
+
+
+_TEXT_KEYS = ("summary", "root_cause", "suggested_response")

@@ -1,0 +1,217 @@
+"""The explainer against an OpenAI-compatible server (vLLM serving the base plus the LoRA adapter).
+
+Serve it, for instance, with::
+
+    vllm serve Qwen/Qwen2.5-0.5B-Instruct --enable-lora --lora-modules explainer=artifacts/explainer
+
+and set ``LOGTRIAGE_LLM_BACKEND=openai``, ``LOGTRIAGE_OPENAI_BASE_URL=http://host:8000``,
+``LOGTRIAGE_OPENAI_MODEL=explainer``. The prompt is rendered here with the adapter folder's
+tokenizer and chat template (the server sees exactly the training text).
+
+``mode="completions"`` (default, exact): label scoring sends all labels of a field in ONE
+``/v1/completions`` request (a list of prompts ``prompt + prefix + label + '",'``) with
+``echo=true, logprobs=1, max_tokens=1``; each label's score is the sum of the echoed prompt-token
+log-probabilities of the tokens that overlap the label text (found through ``text_offset``),
+the same likelihood the in-process explainer computes. The texts are then generated greedily by
+``/v1/completions`` after the ``..., "summary": "`` prefix.
+
+``mode="chat"`` (servers without prompt log-probabilities): constrained prompting through
+``/v1/chat/completions``: the category and then the severity are asked for as a continuation of
+the assistant's JSON prefix with vLLM's ``guided_choice`` (the server may only answer a known
+label) and ``continue_final_message``; an answer that is not a known label is a ModelError. The
+texts are generated the same way, unconstrained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.errors import ModelError
+from large_model import prompts
+from large_model.encoding import PromptEncoder
+from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult, build_explanation
+from large_model.schema import Explanation, LabelSet
+
+log = logging.getLogger(__name__)
+
+MODES = ("completions", "chat")
+
+
+class OpenAIExplainer:
+    """Explains through a /v1/completions (or /v1/chat/completions) server; same prompts and scoring."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenizer_path: str | Path,
+        labels: LabelSet | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_prompt_tokens: int = 1024,
+        mode: str = "completions",
+        base: str | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        if mode not in MODES:
+            raise ModelError(f"unknown OpenAI mode {mode!r} (use one of {', '.join(MODES)})")
+        folder = Path(tokenizer_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        if labels is None:
+            labels = LabelSet.from_json(folder / "labels.json") if (folder / "labels.json").is_file() else LabelSet()
+        self.labels = labels
+        self.model_id = model
+        self.name = f"openai:{model}"
+        self.base = base or model
+        self.mode = mode
+        self.max_new_tokens = max_new_tokens
+        self.encoder = PromptEncoder(self.tokenizer, labels, max_prompt_tokens)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
+        if client is not None and headers:
+            self.client.headers.update(headers)
+
+    @classmethod
+    def from_settings(cls, settings: Any | None = None, **overrides: Any) -> OpenAIExplainer:
+        """Built from ``LOGTRIAGE_OPENAI_BASE_URL``, ``..._OPENAI_MODEL`` and the explainer folder's tokenizer."""
+        if settings is None:
+            from core.settings import get_settings
+
+            settings = get_settings()
+        if not settings.openai_base_url:
+            raise ModelError("LOGTRIAGE_OPENAI_BASE_URL is not set: no OpenAI-compatible server to call")
+        return cls(
+            base_url=settings.openai_base_url,
+            model=settings.openai_model or "explainer",
+            tokenizer_path=overrides.pop("tokenizer_path", settings.explainer_path),
+            **overrides,
+        )
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self.client.post(path, json=payload)
+        except httpx.HTTPError as exc:
+            raise ModelError(f"the OpenAI-compatible server did not answer {path}: {exc}") from None
+        if response.status_code != 200:
+            raise ModelError(f"{path} answered {response.status_code}: {response.text[:300]}")
+        try:
+            return dict(response.json())
+        except ValueError:
+            raise ModelError(f"{path} answered something that is not JSON") from None
+
+    def _score(self, text: str, candidates: Sequence[str]) -> list[float]:
+        fulls = [text + c + prompts.LABEL_END for c in candidates]
+        data = self._post(
+            "/v1/completions",
+            {"model": self.model_id, "prompt": fulls, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1},
+        )
+        choices = sorted(data.get("choices", []), key=lambda c: c.get("index", 0))
+        if len(choices) != len(fulls):
+            raise ModelError(f"/v1/completions returned {len(choices)} choices for {len(fulls)} prompts")
+        scores = []
+        for full, choice in zip(fulls, choices, strict=True):
+            lp = choice.get("logprobs") or {}
+            offsets, values = lp.get("text_offset"), lp.get("token_logprobs")
+            if not offsets or not values:
+                raise ModelError("the server returned no prompt log-probabilities (echo): use mode='chat'")
+            total = 0.0
+            for j, (start, value) in enumerate(zip(offsets, values, strict=True)):
+                end = offsets[j + 1] if j + 1 < len(offsets) else len(full) + 1
+                if end > len(text) and start < len(full) and value is not None:
+                    total += float(value)
+            scores.append(total)
+        return scores
+
+    def _chat_label(self, messages: list[dict[str, str]], prefix: str, candidates: Sequence[str]) -> str:
+        data = self._post(
+            "/v1/chat/completions",
+            {
+                "model": self.model_id,
+                "messages": [*messages, {"role": "assistant", "content": prefix}],
+                "max_tokens": 16,
+                "temperature": 0,
+                "guided_choice": list(candidates),
+                "continue_final_message": True,
+                "add_generation_prompt": False,
+            },
+        )
+        answer = str(data["choices"][0]["message"]["content"] or "").strip().strip('",')
+        if answer.startswith(prefix):
+            answer = answer[len(prefix) :].strip().strip('",')
+        if answer not in candidates:
+            raise ModelError(f"the server answered {answer!r}, not one of the known labels")
+        return answer
+
+    def explain(
+        self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
+    ) -> Explanation:
+        """Explain one sequence through the server."""
+        return self.explain_detailed(log_entries, lang, context).explanation
+
+    def explain_detailed(
+        self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
+    ) -> ExplainResult:
+        """:meth:`explain` with scores (completions mode), raw text and time."""
+        started = time.perf_counter()
+        messages, omitted = self.encoder.messages(log_entries, lang, context, reserve=self.max_new_tokens)
+        cats, sevs = self.labels.categories, self.labels.severities
+        cat_scores: list[float] = []
+        sev_scores: list[float] = []
+        if self.mode == "completions":
+            prompt = self.encoder.render(messages)
+            cat_scores = self._score(prompt + prompts.category_prefix(), cats)
+            category = cats[max(range(len(cats)), key=cat_scores.__getitem__)]
+            sev_scores = self._score(prompt + prompts.severity_prefix(category), sevs)
+            severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
+            data = self._post(
+                "/v1/completions",
+                {
+                    "model": self.model_id,
+                    "prompt": prompt + prompts.text_prefix(category, severity),
+                    "max_tokens": self.max_new_tokens,
+                    "temperature": 0,
+                    "stop": ["<|im_end|>", "<|endoftext|>"],
+                },
+            )
+            generated = str(data["choices"][0].get("text") or "")
+        else:
+            category = self._chat_label(messages, prompts.category_prefix(), cats)
+            severity = self._chat_label(messages, prompts.severity_prefix(category), sevs)
+            prefix = prompts.text_prefix(category, severity)
+            data = self._post(
+                "/v1/chat/completions",
+                {
+                    "model": self.model_id,
+                    "messages": [*messages, {"role": "assistant", "content": prefix}],
+                    "max_tokens": self.max_new_tokens,
+                    "temperature": 0,
+                    "continue_final_message": True,
+                    "add_generation_prompt": False,
+                },
+            )
+            generated = str(data["choices"][0]["message"]["content"] or "")
+            if generated.startswith(prefix):
+                generated = generated[len(prefix) :]
+        explanation, parsed = build_explanation(category, severity, generated, lang, self.name, self.base)
+        return ExplainResult(
+            explanation=explanation,
+            category_scores=dict(zip(cats, cat_scores, strict=False)),
+            severity_scores=dict(zip(sevs, sev_scores, strict=False)),
+            generated=generated,
+            parsed=parsed,
+            seconds=time.perf_counter() - started,
+            omitted_lines=omitted,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.client.close()

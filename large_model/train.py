@@ -1,0 +1,418 @@
+"""QLoRA fine-tuning of the explainer: ``logtriage train-large``.
+
+    OMP_WAIT_POLICY=PASSIVE python -m large_model.cli train-large \\
+        --data data/instructions_chat.jsonl --output artifacts/explainer
+
+Each record (a classification record with ``log_entries`` or a chat record with ``messages``)
+becomes the prompt of :mod:`large_model.prompts` put through the base's chat template, then the
+canonical JSON answer; the loss counts the answer tokens only. The base is loaded NF4 4-bit
+(bitsandbytes, CPU or CUDA) with LoRA on every linear layer; unsloth replaces that on a GPU
+where it imports. A fraction of the sequences (by a hash of their id) is held out and saved as
+``heldout.jsonl`` for ``evaluate-large``. Checkpoints land in ``<output>/checkpoints`` every
+``--save-every`` steps; ``--resume`` continues from the last one. The output folder holds the
+PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``; vLLM serves it with the
+base), the tokenizer, ``labels.json``, ``explainer.json`` (base name and path, backend,
+quantization, prompt settings) and ``metrics.json``.
+
+Defaults fit the bundled 135M base on a 2-core CPU: batch 8, lr 1e-3 (LoRA on a small model
+learns the fixed answer format fast), 48 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import DataError, LogTriageError, ModelError
+from core.io import write_json, write_jsonl
+from large_model.bundled import resolve_base
+from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, load_examples, split_examples
+from large_model.quant import BACKENDS, TrainingModel, load_for_training
+from large_model.schema import LabelSet
+
+log = logging.getLogger(__name__)
+
+EXPLAINER_META = "explainer.json"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainLargeArgs:
+    """Arguments of ``train-large`` (CLI flags of the same names, dashes for underscores)."""
+
+    data: Path = Path("data/instructions_chat.jsonl")
+    labels: Path | None = None  # default: labels.json beside the data, else the built-in label set
+    output: Path = Path("artifacts/explainer")
+    base: str | None = None  # hub id, folder or "bundled"; default settings.llm_base
+    backend: str = "auto"
+    device: str = "auto"
+    quantize: bool = True
+    dtype: str = "auto"
+    lora_r: int = 16
+    lora_alpha: int | None = None
+    lora_dropout: float = 0.05
+    lr: float = 1e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 48
+    warmup_steps: int = 3
+    weight_decay: float = 0.0
+    max_seq_len: int = 768
+    max_prompt_tokens: int = 1024
+    holdout_fraction: float = 0.2
+    limit: int | None = None
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    resume: bool = False
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    progress: bool = True
+
+
+def _labels_for(args: TrainLargeArgs) -> LabelSet:
+    if args.labels is not None:
+        return LabelSet.from_json(args.labels)
+    beside = Path(args.data).parent / "labels.json"
+    return LabelSet.from_json(beside) if beside.is_file() else LabelSet()
+
+
+def _lr_at(step: int, args: TrainLargeArgs) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    span = max(1, args.max_steps - args.warmup_steps)
+    progress = min(1.0, (step - args.warmup_steps) / span)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _batches(n: int, batch_size: int, seed: int, start_step: int, steps: int) -> list[list[int]]:
+    """The index batches of steps ``start_step..steps-1``: epoch-wise shuffles, reproducible from the seed."""
+    out: list[list[int]] = []
+    order: list[int] = []
+    epoch = 0
+    while len(out) < steps:
+        if len(order) < batch_size:
+            perm = list(range(n))
+            random.Random(seed + epoch).shuffle(perm)
+            order.extend(perm)
+            epoch += 1
+            continue
+        out.append(order[:batch_size])
+        order = order[batch_size:]
+    return out[start_step:]
+
+
+def _collate(items: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(items), width), dtype=torch.long)  # (B, T)
+    for row, (ids, labs) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+def _latest_checkpoint(output: Path) -> Path | None:
+    root = output / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("step-*") if (p / "state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _save_checkpoint(
+    tm: TrainingModel, optimizer: torch.optim.Optimizer, output: Path, step: int, state: dict[str, Any], keep: int
+) -> None:
+    root = output / CHECKPOINTS
+    target = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tm.model.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_json(tmp / "state.json", {**state, "step": step, "torch_rng": torch.get_rng_state().tolist()})
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    finished = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    for old in finished[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint saved at %s", target)
+
+
+def _load_checkpoint(tm: TrainingModel, optimizer: torch.optim.Optimizer, checkpoint: Path) -> dict[str, Any]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(
+        str(checkpoint / "adapter_model.safetensors"), device=tm.device if tm.device != "cuda" else "cuda:0"
+    )
+    result = set_peft_model_state_dict(tm.model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    if unexpected:
+        raise ModelError(f"checkpoint {checkpoint} does not fit this model: {unexpected[:3]}")
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=tm.device, weights_only=True))
+    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    return dict(state)
+
+
+def _heldout_rows(held: list[Example]) -> list[dict[str, Any]]:
+    rows = []
+    for e in held:
+        row: dict[str, Any] = {
+            "sequence_id": e.sequence_id,
+            "category": e.category,
+            "severity": e.severity,
+            "lang": e.lang,
+        }
+        if e.log_entries is not None:
+            row["log_entries"] = e.log_entries
+        else:
+            row["messages"] = e.messages
+        row.update(e.reference)
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class TrainResult:
+    """What a run made: the saved folder, and the trained model still in memory."""
+
+    output: Path
+    model: Any
+    tokenizer: Any
+    metrics: dict[str, Any]
+
+
+def train_explainer(args: TrainLargeArgs) -> Path:
+    """Fine-tune the explainer (QLoRA) and save the adapter folder; returns its path."""
+    return run_training(args).output
+
+
+def run_training(args: TrainLargeArgs) -> TrainResult:
+    """Fine-tune the explainer and save it; returns the folder and the in-memory model."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" and not torch.cuda.is_available():
+        log.warning(
+            "OMP_WAIT_POLICY is not PASSIVE: on a small shared CPU PyTorch threads spin-wait and run far slower"
+        )
+    if args.max_steps < 1 or args.batch_size < 1 or args.grad_accum < 1:
+        raise DataError("max_steps, batch_size and grad_accum must be at least 1")
+    started = time.perf_counter()
+    output = Path(args.output)
+    labels = _labels_for(args)
+    examples = load_examples(args.data, labels, args.limit)
+    train_set, held = split_examples(examples, args.holdout_fraction, args.seed)
+    if not train_set:
+        raise DataError("no training examples left after the hold-out split", args.data)
+    base_path, base_name = resolve_base(args.base)
+    log.info("base model: %s (%s)", base_name, base_path)
+    tm = load_for_training(
+        base_path,
+        backend=args.backend,
+        device=args.device,
+        quantize=args.quantize,
+        compute_dtype=args.dtype,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        gradient_checkpointing=args.gradient_checkpointing,
+        max_seq_len=args.max_seq_len,
+        seed=args.seed,
+    )
+    encoder = PromptEncoder(tm.tokenizer, labels, args.max_prompt_tokens)
+    encoded = [encoder.encode_example(e, args.max_seq_len) for e in train_set]
+    answer_tokens = sum(sum(1 for x in labs if x != -100) for _, labs in encoded)
+    log.info(
+        "%d training examples (%d held out), mean %.0f tokens, %.0f answer tokens",
+        len(encoded),
+        len(held),
+        sum(len(ids) for ids, _ in encoded) / len(encoded),
+        answer_tokens / len(encoded),
+    )
+    model = tm.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    start_step = 0
+    history: list[dict[str, float]] = []
+    prior_seconds = 0.0
+    if args.resume:
+        checkpoint = _latest_checkpoint(output)
+        if checkpoint is None:
+            log.info("--resume: no checkpoint in %s, starting from step 0", output / CHECKPOINTS)
+        else:
+            state = _load_checkpoint(tm, optimizer, checkpoint)
+            start_step = int(state["step"])
+            history = list(state.get("history", []))
+            prior_seconds = float(state.get("train_seconds", 0.0))
+            log.info("resumed from %s (step %d)", checkpoint, start_step)
+    pad_id = tm.tokenizer.pad_token_id
+    micro = args.batch_size * args.grad_accum
+    plan = _batches(len(encoded), micro, args.seed, start_step, args.max_steps)
+    model.train()
+    tokens_seen = 0
+    loop_started = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.max_steps, initial=start_step, desc="train-large", unit="step", disable=not args.progress)
+    step = start_step
+    for indices in plan:
+        for group in param_groups(optimizer):
+            group["lr"] = _lr_at(step, args)
+        total_loss = 0.0
+        for part in range(args.grad_accum):
+            chunk = indices[part * args.batch_size : (part + 1) * args.batch_size]
+            batch = _collate([encoded[i] for i in chunk], pad_id, tm.device)
+            loss = model(**batch).loss / args.grad_accum
+            if not torch.isfinite(loss):
+                raise ModelError(f"the loss became {loss.item()} at step {step}: lower --lr")
+            loss.backward()
+            total_loss += float(loss.item())
+            tokens_seen += int(batch["attention_mask"].sum().item())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        history.append({"step": step, "loss": round(total_loss, 5), "lr": _lr_at(step - 1, args)})
+        bar.set_postfix(loss=f"{total_loss:.4f}")
+        bar.update(1)
+        if args.save_every > 0 and (step % args.save_every == 0 or step == args.max_steps):
+            elapsed = prior_seconds + time.perf_counter() - loop_started
+            _save_checkpoint(
+                tm, optimizer, output, step, {"history": history, "train_seconds": elapsed}, args.keep_checkpoints
+            )
+    bar.close()
+    train_seconds = prior_seconds + time.perf_counter() - loop_started
+    steps_run = step - start_step
+    loop_seconds = time.perf_counter() - loop_started
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    tm.tokenizer.save_pretrained(output)
+    write_json(output / "labels.json", labels.to_dict())
+    write_jsonl(output / "heldout.jsonl", _heldout_rows(held))
+    meta = {
+        "base": base_name,
+        "base_path": str(Path(base_path).resolve()) if Path(base_path).is_dir() else base_path,
+        "backend": tm.backend,
+        "quantization": tm.quantization,
+        "compute_dtype": str(tm.compute_dtype).replace("torch.", ""),
+        "prompt_version": PROMPT_VERSION,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "langs": sorted({e.lang for e in examples}),
+    }
+    write_json(output / EXPLAINER_META, meta)
+    metrics = {
+        "base": base_name,
+        "backend": tm.backend,
+        "quantization": tm.quantization,
+        "device": tm.device,
+        "steps": step,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "lr": args.lr,
+        "train_examples": len(encoded),
+        "heldout_examples": len(held),
+        "final_loss": history[-1]["loss"] if history else None,
+        "first_loss": history[0]["loss"] if history else None,
+        "train_seconds": round(train_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "steps_per_second": round(steps_run / loop_seconds, 4) if loop_seconds > 0 else None,
+        "tokens_per_second": round(tokens_seen / loop_seconds, 2) if loop_seconds > 0 else None,
+        "resumed_from_step": start_step,
+        **tm.info,
+        "args": {f.name: _jsonable(getattr(args, f.name)) for f in fields(args)},
+        "history": history,
+    }
+    write_json(output / "metrics.json", metrics)
+    log.info(
+        "saved the explainer adapter to %s (%d steps, loss %.4f -> %.4f, %.0f s)",
+        output,
+        step,
+        metrics["first_loss"] or 0.0,
+        metrics["final_loss"] or 0.0,
+        train_seconds,
+    )
+    model.eval()
+    return TrainResult(output, model, tm.tokenizer, metrics)
+
+
+def param_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups (typed for mypy)."""
+    return list(optimizer.param_groups)
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``train-large`` flags, one per :class:`TrainLargeArgs` field."""
+    d = TrainLargeArgs()
+    parser.add_argument("--data", type=Path, default=d.data, help="instruction records (JSONL/JSON)")
+    parser.add_argument("--labels", type=Path, default=None, help="labels.json (default: beside --data)")
+    parser.add_argument("--output", type=Path, default=d.output, help="the adapter folder to write")
+    parser.add_argument("--base", default=None, help="hub id, model folder or 'bundled' (default settings.llm_base)")
+    parser.add_argument("--backend", choices=BACKENDS, default=d.backend)
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda")
+    parser.add_argument("--no-quant", dest="quantize", action="store_false", help="plain LoRA on an unquantized base")
+    parser.add_argument("--dtype", default=d.dtype, help="compute dtype: auto, bf16, fp16, fp32")
+    parser.add_argument("--lora-r", type=int, default=d.lora_r)
+    parser.add_argument("--lora-alpha", type=int, default=None, help="default 2 x r")
+    parser.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    parser.add_argument("--max-steps", type=int, default=d.max_steps)
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
+    parser.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    parser.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    parser.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: never)")
+    parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def args_from_namespace(ns: argparse.Namespace) -> TrainLargeArgs:
+    """A :class:`TrainLargeArgs` from parsed flags."""
+    names = {f.name for f in fields(TrainLargeArgs)}
+    return TrainLargeArgs(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def run(ns: argparse.Namespace) -> int:
+    """The ``train-large`` handler: trains, prints the output folder; 0 on success."""
+    path = train_explainer(args_from_namespace(ns))
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: ``python -m large_model.train --data ...``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = add_arguments(argparse.ArgumentParser(prog="train-large", description=__doc__.split("\n")[0]))
+    try:
+        return run(parser.parse_args(argv))
+    except LogTriageError as exc:
+        logging.getLogger("logtriage").error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

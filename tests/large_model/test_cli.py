@@ -1,0 +1,98 @@
+"""The explainer's commands, run in process through ``python -m large_model.cli``'s main."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from large_model import cli
+from large_model.train import TrainLargeArgs, TrainResult, args_from_namespace
+from tests.large_model.conftest import TOY_LABELS
+
+
+@pytest.fixture(scope="module")
+def label_model_dir(label_trained_model: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, tokenizer = label_trained_model
+    folder = tmp_path_factory.mktemp("labelmodel")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "labels.json").write_text(json.dumps(TOY_LABELS.to_dict()))
+    return folder
+
+
+def test_add_commands_registers_three_handlers() -> None:
+    parser = argparse.ArgumentParser()
+    handlers = cli.add_commands(parser.add_subparsers(dest="command"))
+    assert set(handlers) == {"train-large", "explain", "evaluate-large"}
+    ns = parser.parse_args(["train-large"])
+    assert ns.func is handlers["train-large"]
+    assert args_from_namespace(ns) == TrainLargeArgs()  # the flags' defaults are the dataclass's
+
+
+def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [
+        "INFO auth handling request 7",
+        "WARN auth access denied for user 4711",
+        "ERROR auth 403 forbidden: missing role",
+    ]
+    argv = ["explain", "--model", str(label_model_dir), "--device", "cpu", "--dtype", "fp32", "--backend", "inprocess"]
+    for line in lines:
+        argv += ["--line", line]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip())
+    assert out["category"] == "permission_error" and out["severity"] == "low"
+    assert out["suggested_response"] and out["model"] and out["base"]
+
+
+def test_explain_reads_plain_log_files_with_bad_bytes(
+    label_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_file = tmp_path / "seq.log"
+    log_file.write_bytes(b"ERROR orders query failed: deadlock detected \xff\n\nERROR orders db pool error\n")
+    argv = ["explain", "--model", str(label_model_dir), "--input", str(log_file), "--device", "cpu"]
+    assert cli.main([*argv, "--dtype", "fp32", "--backend", "inprocess", "--max-new-tokens", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["category"] == "database_error"
+
+
+def test_errors_are_one_line_exit_2(label_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.log"
+    empty.write_text("\n\n")
+    argv = [
+        "explain",
+        "--model",
+        str(label_model_dir),
+        "--input",
+        str(empty),
+        "--device",
+        "cpu",
+        "--backend",
+        "inprocess",
+    ]
+    assert cli.main(argv) == 2
+    assert "empty log sequence" in capsys.readouterr().err
+    assert cli.main(["explain", "--model", str(tmp_path / "nothing"), "--backend", "inprocess"]) == 2
+
+
+def test_evaluate_large_reports_tuned_and_base(
+    trained: TrainResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "eval.json"
+    argv = ["evaluate-large", "--model", str(trained.output), "--limit", "3", "--compare-base", "--device", "cpu"]
+    assert cli.main([*argv, "--dtype", "fp32", "--max-new-tokens", "8", "--report", str(report), "--no-progress"]) == 0
+    data = json.loads(report.read_text())
+    assert set(data["reports"]) == {"tuned", "base"}
+    tuned = data["reports"]["tuned"]
+    for key in (
+        "category_accuracy",
+        "category_macro_f1",
+        "severity_accuracy",
+        "schema_valid_rate",
+        "rouge_l_suggested_response",
+    ):
+        assert 0.0 <= tuned[key] <= 1.0
+    assert tuned["n"] == 3 and sum(map(sum, tuned["category_confusion"]["matrix"])) == 3
+    assert "category accuracy" in capsys.readouterr().out

@@ -1,0 +1,158 @@
+"""Prompts, the Explanation schema, and bad input: clear errors or documented truncation, never a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from core.errors import DataError
+from large_model import prompts
+from large_model.encoding import PromptEncoder
+from large_model.inference import Explainer, build_explanation
+from large_model.schema import Explanation, LabelSet
+from tests.large_model.conftest import TOY_LABELS
+from tests.large_model.tiny import make_tiny_base
+
+
+@pytest.fixture(scope="module")
+def explainer(tiny_base: Path) -> Explainer:
+    return Explainer.from_pretrained(tiny_base, device="cpu", dtype="fp32", labels=TOY_LABELS, max_new_tokens=4)
+
+
+def _valid(**changes: str) -> dict[str, str]:
+    data = {
+        "category": "timeout",
+        "severity": "high",
+        "summary": "s",
+        "root_cause": "r",
+        "suggested_response": "do x",
+        "model": "m",
+        "base": "b",
+    }
+    data.update(changes)
+    return data
+
+
+def test_explanation_schema_validates() -> None:
+    ok = Explanation(**_valid(summary="  padded  "))
+    assert ok.summary == "padded"
+    with pytest.raises(ValidationError):
+        Explanation(**_valid(root_cause=" "))
+    with pytest.raises(ValidationError):
+        Explanation(**{**_valid(), "extra": "no"})
+    missing = _valid()
+    del missing["suggested_response"]
+    with pytest.raises(ValidationError):
+        Explanation(**missing)
+
+
+def test_label_set_rejects_bad_labels(tmp_path: Path) -> None:
+    with pytest.raises(DataError):
+        LabelSet(("a", "a"), ("low",))
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"categories": {"timeout": "desc", "retry_storm": "d"}, "severities": ["low"]}))
+    assert LabelSet.from_json(path).categories == ("timeout", "retry_storm")
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="labels.json"):
+        LabelSet.from_json(path)
+
+
+def test_target_and_prefixes_agree() -> None:
+    target = prompts.format_target("timeout", "high", "s", "r", "q")
+    assert target.startswith(prompts.category_prefix() + "timeout" + prompts.LABEL_END)
+    assert target.startswith(prompts.severity_prefix("timeout") + "high" + prompts.LABEL_END)
+    assert target.startswith(prompts.text_prefix("timeout", "high"))
+    assert json.loads(target)["suggested_response"] == "q"
+
+
+def test_parse_generated_whole_and_partial() -> None:
+    prefix = prompts.text_prefix("timeout", "high")
+    full = prompts.format_target("timeout", "high", 'a "quoted" sum', "cause", "resp")[len(prefix) :]
+    fields, ok = prompts.parse_generated(prefix, full + "<junk>")
+    assert ok and fields == {"summary": 'a "quoted" sum', "root_cause": "cause", "suggested_response": "resp"}
+    fields, ok = prompts.parse_generated(prefix, 'short", "root_cause": "cau')
+    assert not ok and fields == {"summary": "short"}
+    explanation, complete = build_explanation("timeout", "high", 'short", "root_cause": "cau', "en", "m", "b")
+    assert not complete and explanation.summary == "short" and explanation.root_cause  # filled in
+
+
+def test_clean_lines() -> None:
+    assert prompts.clean_lines(["a\x00b", b"caf\xc3\xa9 \xff\xfe", "  ", "x\r\ny"]) == [
+        "ab",
+        "café \ufffd\ufffd",
+        "x",
+        "y",
+    ]
+    with pytest.raises(DataError, match="empty"):
+        prompts.clean_lines([])
+    with pytest.raises(DataError, match="empty"):
+        prompts.clean_lines(["   ", ""])
+    with pytest.raises(DataError, match="not one string"):
+        prompts.clean_lines("one string")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="line 2"):
+        prompts.clean_lines(["ok", 3])  # type: ignore[list-item]
+
+
+def test_fit_lines_keeps_head_and_tail() -> None:
+    lines = [f"line {i}" for i in range(1000)]
+    kept, omitted = prompts.fit_lines(lines, 100, lambda s: len(s.split()))
+    assert omitted > 0 and kept[0] == "line 0" and kept[-1] == "line 999"
+    marker = [k for k in kept if k.startswith("...")]
+    assert marker == [f"... [{omitted} lines omitted] ..."]
+    assert len(kept) - 1 + omitted == 1000
+    assert sum(len(k.split()) + 1 for k in kept) <= 100
+    same, none = prompts.fit_lines(lines[:5], 100, lambda s: len(s.split()))
+    assert same == lines[:5] and none == 0
+    long_line, _ = prompts.fit_lines(["x" * 100_000], 10_000, len)
+    assert len(long_line[0]) == prompts.MAX_LINE_CHARS and long_line[0].endswith("…")
+
+
+def test_empty_sequence_is_a_data_error(explainer: Explainer) -> None:
+    with pytest.raises(DataError, match="empty"):
+        explainer.explain([])
+    with pytest.raises(DataError, match="language"):
+        explainer.explain(["x"], lang="fr")
+
+
+def test_ten_thousand_lines_are_truncated_not_a_crash(explainer: Explainer) -> None:
+    lines = [f"2024-01-01 INFO orders request {i} ok" for i in range(10_000)]
+    result = explainer.explain_detailed(lines, generate=False)
+    assert result.omitted_lines > 9_000
+    assert result.explanation.category in TOY_LABELS.categories
+
+
+def test_invalid_utf8_and_giant_lines_are_cleaned(explainer: Explainer) -> None:
+    result = explainer.explain_detailed([b"ERROR \xff\xfe\xfd orders", "y" * 1_000_000], "zh", generate=False)
+    assert isinstance(result.explanation, Explanation)
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = make_tiny_base(tmp_path / "short", max_positions=260)
+    with pytest.raises(Exception, match="context"):
+        Explainer.from_pretrained(folder, device="cpu", dtype="fp32", labels=TOY_LABELS)
+    small = Explainer.from_pretrained(folder, device="cpu", dtype="fp32", labels=TOY_LABELS, max_new_tokens=16)
+    assert small.max_prompt_tokens == 260 - 16 - 48
+    result = small.explain_detailed([f"ERROR orders line {i}" for i in range(200)], generate=False)
+    assert result.omitted_lines > 0  # fitted into the small context
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoder = PromptEncoder(tokenizer, TOY_LABELS, max_prompt_tokens=40)
+    with pytest.raises(DataError, match="does not fit"):
+        encoder.messages(["x"], "en")
+    with pytest.raises(DataError, match="does not fit"):
+        small.explain(["x"], context={f"k{i}": "v" * 200 for i in range(12)})
+
+
+def test_classification_figures() -> None:
+    from large_model.evaluate import classification_figures, rouge_l
+
+    figs = classification_figures(["a", "a", "b", "c"], ["a", "b", "b", "c"], ["a", "b", "c", "d"])
+    assert figs["accuracy"] == 0.75
+    assert figs["confusion_matrix"][0] == [1, 1, 0, 0]
+    assert abs(figs["macro_f1"] - (2 / 3 + 2 / 3 + 1) / 3) < 1e-9  # "d" is absent from both sides
+    assert rouge_l(["扩容 订单 服务"], ["扩容订单服务"]) == 1.0  # CJK counts per character
+    assert rouge_l(["restart the pod"], ["restart the pod now"]) > 0.8

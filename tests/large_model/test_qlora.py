@@ -1,0 +1,105 @@
+"""The whole QLoRA path on a tiny random Qwen2: NF4 base, LoRA on all linear layers, train, save, reload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from large_model.inference import Explainer
+from large_model.quant import get_lora_config, get_quantization_config, load_for_training
+from large_model.train import TrainLargeArgs, TrainResult, run_training
+
+LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_builders() -> None:
+    quant = get_quantization_config(torch.float32)
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4"
+    assert quant.bnb_4bit_compute_dtype == torch.float32
+    lora = get_lora_config(r=8)
+    assert lora.r == 8 and lora.lora_alpha == 16 and lora.target_modules == "all-linear"
+
+
+def test_load_for_training_quantizes_and_attaches_lora(tiny_base: Path) -> None:
+    tm = load_for_training(str(tiny_base), backend="peft", device="cpu", compute_dtype="fp32")
+    assert tm.backend == "peft" and tm.quantization == "nf4"
+    layers = {name.rsplit(".", 1)[-1]: mod for name, mod in tm.model.named_modules() if hasattr(mod, "lora_A")}
+    assert set(layers) == LINEAR  # every linear layer of the decoder, not the output head
+    assert all(isinstance(mod.base_layer, bnb.nn.Linear4bit) for mod in layers.values())
+    trainable = {n for n, p in tm.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert tm.info["trainable_params"] < tm.info["total_params"]
+
+
+def test_training_lowers_the_loss_and_saves_a_peft_adapter(trained: TrainResult) -> None:
+    out = trained.output
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "labels.json"):
+        assert (out / name).is_file(), name
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and set(adapter["target_modules"]) == LINEAR
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["quantization"] == "nf4" and metrics["steps"] == 12
+    first = sum(h["loss"] for h in metrics["history"][:3]) / 3
+    last = sum(h["loss"] for h in metrics["history"][-3:]) / 3
+    assert last < first - 0.05, (first, last)
+    meta = json.loads((out / "explainer.json").read_text())
+    assert meta["base"] and Path(meta["base_path"]).is_dir() and meta["quantization"] == "nf4"
+    held = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    assert held and all("log_entries" in r and "category" in r for r in held)
+
+
+def _inputs(trained: TrainResult) -> torch.Tensor:
+    text = trained.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "ERROR orders query failed: deadlock"}], tokenize=False, add_generation_prompt=True
+    )
+    return torch.tensor([trained.tokenizer(text + '{"category": "', add_special_tokens=False)["input_ids"]])
+
+
+def test_reloaded_adapter_gives_identical_outputs(trained: TrainResult) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = _inputs(trained)
+    with torch.no_grad():
+        before = trained.model(input_ids=ids).logits
+    meta = json.loads((trained.output / "explainer.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(
+        meta["base_path"], quantization_config=get_quantization_config(torch.float32), dtype=torch.float32
+    )
+    reloaded = PeftModel.from_pretrained(base, str(trained.output)).eval()
+    with torch.no_grad():
+        after = reloaded(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
+    # the merged inference model (NF4 de-quantized, LoRA merged) computes the same function
+    merged = Explainer.from_pretrained(trained.output, device="cpu", dtype="fp32")
+    with torch.no_grad():
+        fast = merged.model(input_ids=ids).logits
+    assert (fast - after).abs().max() < 0.05
+    assert torch.equal(fast[0, -1].topk(3).indices, after[0, -1].topk(3).indices)
+
+
+def test_resume_continues_from_the_last_checkpoint(trained: TrainResult, tmp_path: Path) -> None:
+    ckpts = sorted(p.name for p in (trained.output / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-12", "step-8"]  # every 4 steps and the last, two kept
+    args = TrainLargeArgs(**{**trained.metrics["args"], "data": Path(trained.metrics["args"]["data"])})
+    args.output = tmp_path / "resumed"
+    args.base = trained.metrics["args"]["base"]
+    args.max_steps, args.save_every = 2, 2
+    run_training(args)
+    args.max_steps, args.resume = 4, True
+    resumed = run_training(args)
+    assert resumed.metrics["resumed_from_step"] == 2
+    assert [h["step"] for h in resumed.metrics["history"]] == [1, 2, 3, 4]
+
+
+def test_unknown_backend_is_a_clear_error(tiny_base: Path) -> None:
+    from core.errors import ModelError
+
+    with pytest.raises(ModelError, match="backend"):
+        load_for_training(str(tiny_base), backend="nope", device="cpu")
+    with pytest.raises(ModelError, match="unsloth"):
+        load_for_training(str(tiny_base), backend="unsloth", device="cpu")
