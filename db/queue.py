@@ -92,6 +92,18 @@ async def _update_all(session: AsyncSession, where: Any, values: dict[str, Any])
     return len((await session.scalars(stmt)).all())
 
 
+async def _update_where(session: AsyncSession, where: Any, values: dict[str, Any]) -> ExplanationJob | None:
+    """Update the one job that ``where`` names, waiting for its row lock (never skipping it)."""
+    stmt = (
+        update(ExplanationJob)
+        .where(*where(ExplanationJob))
+        .values(**values)
+        .returning(ExplanationJob)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return (await session.scalars(stmt)).one_or_none()
+
+
 def _trim(error: str) -> str:
     if len(error) <= MAX_ERROR_CHARS:
         return error
@@ -215,14 +227,15 @@ async def complete(
     running (or was reclaimed by another worker after this one's lease expired).
     """
     try:
-        n = await _update_all(
+        # not _update_all: a claimer's SKIP LOCKED scan may hold this row for an instant; wait for it
+        done = await _update_where(
             session, _mine(job_id, worker_id), {"status": JobStatus.DONE.value, "updated_at": now or utcnow()}
         )
         await session.commit()
     except BaseException:
         await session.rollback()
         raise
-    return n == 1
+    return done is not None
 
 
 def backoff_delay(attempts: int, base_seconds: float = DEFAULT_BACKOFF_SECONDS) -> float:
@@ -263,7 +276,7 @@ async def fail(
                 "available_at": now + timedelta(seconds=backoff_delay(job.attempts, backoff_seconds)),
             }
         attempts = job.attempts
-        updated = await _update_one(session, lambda j: [*where(j), j.attempts == attempts], lambda j: (j.id,), values)
+        updated = await _update_where(session, lambda j: [*where(j), j.attempts == attempts], values)
         await session.commit()
     except BaseException:
         await session.rollback()
