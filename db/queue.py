@@ -238,6 +238,18 @@ async def complete(
     return done is not None
 
 
+async def extend_lease(session: AsyncSession, job_id: str, worker_id: str, *, now: datetime | None = None) -> bool:
+    """Renew the lease of a job this worker still holds (a heartbeat for work longer than the lease); commits."""
+    now = now or utcnow()
+    try:
+        held = await _update_where(session, _mine(job_id, worker_id), {"locked_at": now, "updated_at": now})
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    return held is not None
+
+
 def backoff_delay(attempts: int, base_seconds: float = DEFAULT_BACKOFF_SECONDS) -> float:
     """Seconds before retry number ``attempts``: base, 2x base, 4x base ... up to 10 minutes."""
     return float(min(MAX_BACKOFF_SECONDS, base_seconds * 2 ** max(0, attempts - 1)))

@@ -143,6 +143,16 @@ async def test_expired_lease_is_reclaimed_and_the_old_worker_cannot_finish(db: D
         assert done is not None and done.status == "done"
 
 
+async def test_extend_lease_keeps_a_slow_job(db: Database) -> None:
+    (job_id,) = await enqueue_all(db, await add_detections(db, 1))
+    async with db.session() as s:
+        assert await queue.claim(s, "w1", LEASE, now=T0) is not None
+        assert await queue.extend_lease(s, job_id, "w1", now=T0 + timedelta(seconds=LEASE - 5))
+        assert not await queue.extend_lease(s, job_id, "w2")  # not w2's job
+        assert await queue.claim(s, "w2", LEASE, now=T0 + timedelta(seconds=LEASE + 1)) is None  # still leased
+        assert await queue.claim(s, "w2", LEASE, now=T0 + timedelta(seconds=2 * LEASE)) is not None
+
+
 async def test_lease_expiring_on_the_last_attempt_marks_the_job_failed(db: Database) -> None:
     (job_id,) = await enqueue_all(db, await add_detections(db, 1), max_attempts=1)
     async with db.session() as s:
