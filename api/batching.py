@@ -28,8 +28,9 @@ class _Pending(Generic[T, R]):
 class MicroBatcher(Generic[T, R]):
     """Groups the items of concurrent ``submit`` calls into batches for ``fn`` (run in a thread)."""
 
-    def __init__(self, fn: Callable[[list[T]], Sequence[R]], window_ms: float = 5.0, max_batch: int = 64,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self, fn: Callable[[list[T]], Sequence[R]], window_ms: float = 5.0, max_batch: int = 64, enabled: bool = True
+    ) -> None:
         self.fn = fn
         self.window = window_ms / 1000.0
         self.max_batch = max(1, max_batch)

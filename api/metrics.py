@@ -14,24 +14,32 @@ class Metrics:
             "logtriage_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "logtriage_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
+            "logtriage_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.sequences = Counter("logtriage_sequences_scored_total", "sequences scored", registry=self.registry)
         self.anomalies = Counter("logtriage_anomalies_total", "sequences flagged anomalous", registry=self.registry)
         self.batch_size = Histogram(
-            "logtriage_detect_batch_size", "sequences per model call", registry=self.registry,
+            "logtriage_detect_batch_size",
+            "sequences per model call",
+            registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.explanations = Counter(
             "logtriage_explanations_total", "explanation jobs finished", ["status"], registry=self.registry
         )
         self.explain_seconds = Histogram(
-            "logtriage_explain_seconds", "time to explain one detection", registry=self.registry,
+            "logtriage_explain_seconds",
+            "time to explain one detection",
+            registry=self.registry,
             buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 60),
         )
-        self.queue_depth = Gauge("logtriage_explain_queue", "explanation jobs by status", ["status"],
-                                 registry=self.registry)
+        self.queue_depth = Gauge(
+            "logtriage_explain_queue", "explanation jobs by status", ["status"], registry=self.registry
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ExplainMode = Literal["auto", "never", "always"]
-EXAMPLE_LINES = [
+EXAMPLE_LINES: list[Any] = [
     "2024-05-01 10:00:00.101 INFO [gateway] POST /api/orders req=7f3a user=alice from 10.0.3.14",
     "2024-05-01 10:00:00.130 INFO [auth] token verified for user=alice latency=12ms",
     "2024-05-01 10:00:00.180 INFO [orders] creating order for user=alice items=3",
@@ -99,8 +99,12 @@ class ExplainRequest(BaseModel):
     """A stored detection by id, or a sequence to detect and explain."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"sequence": {"log_entries": EXAMPLE_LINES}, "lang": "en"},
-                                        {"detection_id": "5f0c...", "wait_seconds": 5}]}
+        json_schema_extra={
+            "examples": [
+                {"sequence": {"log_entries": EXAMPLE_LINES}, "lang": "en"},
+                {"detection_id": "5f0c...", "wait_seconds": 5},
+            ]
+        }
     )
 
     detection_id: str | None = None

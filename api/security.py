@@ -20,8 +20,9 @@ async def require_api_key(request: Request, key: Annotated[str | None, Depends(a
     if not settings.api_keys:
         return
     if key is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header",
-                            headers={"WWW-Authenticate": "APIKey"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header", headers={"WWW-Authenticate": "APIKey"}
+        )
     if not any(hmac.compare_digest(key, allowed) for allowed in settings.api_keys):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "APIKey"})
 
@@ -70,10 +71,16 @@ class BodySizeLimit:
         _ = too_big
 
     async def _reject(self, send: Send, size: int) -> None:
-        body = (f'{{"detail":"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes '
-                f'(max_body_bytes)"}}').encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = (
+            f'{{"detail":"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes (max_body_bytes)"}}'
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

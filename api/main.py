@@ -1,0 +1,140 @@
+"""The FastAPI app factory: ``create_app()`` builds an app; its lifespan loads the models once.
+
+uvicorn --factory api.main:create_app     # or: logtriage serve
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.metrics import Metrics
+from api.routes import detect, detections, explain, health
+from api.security import BodySizeLimit, require_api_key
+from api.services import DetectorService, ExplainerService
+from api.worker import ExplainWorker
+from core.errors import LogTriageError
+from core.settings import Settings, get_settings
+from db.session import Database
+
+log = logging.getLogger(__name__)
+
+
+def load_models(settings: Settings) -> tuple[Any, Any]:
+    """The detector and (when enabled) the explainer named by the settings."""
+    from small_model.registry import load_detector
+
+    detector = load_detector(settings.detector_path)
+    explainer = None
+    if settings.load_explainer:
+        from large_model.inference import load_explainer
+
+        explainer = load_explainer(settings.explainer_path, settings=settings)
+    return detector, explainer
+
+
+def create_app(settings: Settings | None = None, detector: Any = None, explainer: Any = None) -> FastAPI:
+    """Build the app. Models given here are used as they are; otherwise they load from the settings."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        app.state.db = db
+        if settings.migrate_on_start:
+            await db.upgrade()
+        det, expl = detector, explainer
+        if det is None:
+            import asyncio
+
+            det, loaded_expl = await asyncio.to_thread(load_models, settings)
+            expl = expl if expl is not None else loaded_expl
+        app.state.detector = DetectorService(det, settings, metrics)
+        app.state.explainer = ExplainerService(expl, metrics) if expl is not None and settings.load_explainer else None
+        await app.state.detector.batcher.start()
+        app.state.workers = []
+        if app.state.explainer is not None:
+            app.state.workers = [
+                ExplainWorker(db, app.state.explainer, settings, metrics) for _ in range(settings.workers)
+            ]
+            for worker in app.state.workers:
+                worker.start()
+        log.info(
+            "LogTriage ready: detector %s, explainer %s, database %s",
+            app.state.detector.version,
+            app.state.explainer.model_name if app.state.explainer else None,
+            db.dialect,
+        )
+        try:
+            yield
+        finally:
+            for worker in app.state.workers:
+                await worker.stop()
+            await app.state.detector.batcher.stop()
+            await db.dispose()
+
+    app = FastAPI(
+        title="LogTriage",
+        version="0.1.0",
+        summary="Log anomaly detection (MoE-BERT) with LLM explanations",
+        description="Score log sequences with a small detector; the anomalous ones are explained by an LLM "
+        "(category, severity, root cause, suggested response). Every result is stored.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.detector = None
+    app.state.explainer = None
+    app.state.workers = []
+
+    guarded = [Depends(require_api_key)]
+    app.include_router(detect.router, dependencies=guarded)
+    app.include_router(explain.router, dependencies=guarded)
+    app.include_router(detections.router, dependencies=guarded)
+    app.include_router(health.router)  # health, ready and metrics stay open, like the docs
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(LogTriageError)
+    async def user_error(_: Request, exc: LogTriageError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        log.error("incident %s: %s", incident, exc, exc_info=exc)
+        return JSONResponse({"detail": f"internal error (incident {incident}; see the server log)"}, status_code=500)
+
+    return app

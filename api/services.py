@@ -1,0 +1,128 @@
+"""The two model tiers behind small async facades the routes and the worker share.
+
+Both models load once (in the lifespan); every model call runs in a worker thread so the event
+loop keeps serving. Detection is micro-batched across concurrent requests; explanation runs one
+at a time per process (the LLM is the expensive part and would only thrash the CPU otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from api.batching import MicroBatcher
+from api.metrics import Metrics
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+HIGH_RISK = 0.85
+
+
+class Detector(Protocol):
+    """What the service needs of a detector (MoE-BERT or the DeepLog baseline)."""
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def score(self, sequences: list[list[str]]) -> np.ndarray: ...
+
+    def line_contributions(self, lines: list[str]) -> list[float]: ...
+
+
+class Explainer(Protocol):
+    """What the service needs of an explainer (in process or an OpenAI-compatible server)."""
+
+    def explain(self, log_entries: list[str], lang: str = "en", context: dict[str, Any] | None = None) -> Any: ...
+
+
+def risk_level(score: float, threshold: float) -> str:
+    """``high`` above 0.85 when flagged, ``medium`` when flagged, else ``low``."""
+    if score >= threshold:
+        return "high" if score > HIGH_RISK else "medium"
+    return "low"
+
+
+@dataclass
+class Verdict:
+    """The detector's answer for one sequence."""
+
+    score: float
+    is_anomaly: bool
+    risk_level: str
+    threshold: float
+    model_version: str
+    top_lines: list[dict[str, Any]] | None = None
+    cluster_id: int | None = None
+    cluster_description: str | None = None
+
+
+class DetectorService:
+    """Scores sequences through a micro-batcher; explains anomalies' top lines."""
+
+    def __init__(self, detector: Detector, settings: Settings, metrics: Metrics, top_k: int = 3) -> None:
+        self.detector = detector
+        self.metrics = metrics
+        self.top_k = top_k
+        self.batcher: MicroBatcher[list[str], float] = MicroBatcher(
+            self._score_batch, settings.batch_window_ms, settings.max_batch_size, settings.batching
+        )
+
+    @property
+    def version(self) -> str:
+        """The loaded detector's version id."""
+        return str(self.detector.version)
+
+    def _score_batch(self, sequences: list[list[str]]) -> list[float]:
+        self.metrics.batch_size.observe(len(sequences))
+        return [float(s) for s in self.detector.score(sequences)]
+
+    def _top_lines(self, lines: list[str]) -> list[dict[str, Any]]:
+        contributions = self.detector.line_contributions(lines)
+        order = sorted(range(len(lines)), key=lambda i: contributions[i], reverse=True)[: self.top_k]
+        return [{"index": i, "line": lines[i], "contribution": float(contributions[i])} for i in order]
+
+    async def detect(self, sequences: list[list[str]]) -> list[Verdict]:
+        """Score each sequence; anomalies also get the lines that raised their score most."""
+        scores = await self.batcher.submit(sequences)
+        threshold = float(self.detector.threshold)
+        verdicts = [Verdict(s, s >= threshold, risk_level(s, threshold), threshold, self.version) for s in scores]
+        for verdict, lines in zip(verdicts, sequences, strict=True):
+            if verdict.is_anomaly and len(lines) > 1:
+                verdict.top_lines = await asyncio.to_thread(self._top_lines, lines)
+        self.metrics.sequences.inc(len(sequences))
+        self.metrics.anomalies.inc(sum(v.is_anomaly for v in verdicts))
+        return verdicts
+
+
+class ExplainerService:
+    """Runs the explainer off the event loop, one explanation at a time."""
+
+    def __init__(self, explainer: Explainer, metrics: Metrics) -> None:
+        self.explainer = explainer
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+
+    @property
+    def model_name(self) -> str:
+        """The explainer's model name (artifact folder or served model)."""
+        return str(getattr(self.explainer, "name", None) or type(self.explainer).__name__)
+
+    async def explain(
+        self, lines: list[str], lang: str, context: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], float]:
+        """The validated explanation as a dict, and the seconds it took."""
+        async with self._lock:
+            start = time.perf_counter()
+            explanation = await asyncio.to_thread(self.explainer.explain, lines, lang, context)
+            elapsed = time.perf_counter() - start
+        self.metrics.explain_seconds.observe(elapsed)
+        data = explanation.model_dump() if hasattr(explanation, "model_dump") else dict(explanation)
+        return data, elapsed

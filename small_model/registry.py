@@ -1,0 +1,44 @@
+"""Load any detector artifact folder by path: MoE-BERT or the DeepLog baseline, told apart by its files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from core.errors import ModelError
+
+DEEPLOG_MARKERS = ("deeplog_config.json", "drain3_state.json")
+
+
+def detector_kind(path: str | Path) -> str:
+    """``moe-bert`` or ``deeplog`` for an artifact folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelError(
+            f"no detector at {folder}: train one with `logtriage train-small` or set LOGTRIAGE_DETECTOR_PATH"
+        )
+    if any((folder / m).exists() for m in DEEPLOG_MARKERS):
+        return "deeplog"
+    config = folder / "config.json"
+    if config.exists():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{config}: not valid JSON ({exc})") from None
+        if str(data.get("detector", data.get("model_kind", ""))).lower() == "deeplog":
+            return "deeplog"
+        return "moe-bert"
+    raise ModelError(f"{folder} is not a detector artifact (no config.json)")
+
+
+def load_detector(path: str | Path, **kwargs: Any) -> Any:
+    """The detector saved in ``path`` (``score``, ``threshold``, ``version``, ``line_contributions``)."""
+    kind = detector_kind(path)
+    if kind == "deeplog":
+        from small_model.deeplog import DeepLogDetector
+
+        return DeepLogDetector.from_pretrained(path, **kwargs)
+    from small_model.scoring import MoEBertDetector
+
+    return MoEBertDetector.from_pretrained(path, **kwargs)
