@@ -1,0 +1,1 @@
+"""Synthetic microservice logs: the sequence generator, classification/instruction sets, the splitter."""
