@@ -177,12 +177,11 @@ class Normalizer:
         _ = c
 
     @staticmethod
-    def _bucket(match: re.Match[str]) -> str:
+    def _bucket_token(match: re.Match[str]) -> str:
         value = float(match.group(1)) * _UNITS[match.group(2)]
         if value <= 0:
             return "<dur:0>"
-        exponent = math.floor(math.log10(value))
-        return f"<dur:1e{exponent}ms>"
+        return f"<dur:1e{math.floor(math.log10(value))}ms>"
 
     @staticmethod
     def _mask_user(match: re.Match[str]) -> str:
@@ -211,20 +210,29 @@ class Normalizer:
             text = self._ipv4_port.sub(lambda m: "<ip>:<port>" if m.group(1) and c.mask_ports else "<ip>", text)
         if c.mask_ports:
             text = self._port.sub("port <port>", text)
+        buckets: list[str] = []
         if c.bucket_durations:
-            text = _DURATION.sub(self._bucket, text)
+            # the bucket tokens hold digits: park them behind private-use characters until the end,
+            # so the hex, id and number masks cannot rewrite them
+            def park(match: re.Match[str]) -> str:
+                buckets.append(self._bucket_token(match))
+                return f"\ue000{chr(0xE100 + len(buckets) - 1)}\ue001"
+
+            text = _DURATION.sub(park, text)
         if c.drop_levels:
             text = self._leading_level.sub("", text.strip())
             text = self._inner_level.sub(" ", text)
         if c.mask_users:
             text = self._user.sub(self._mask_user, text)
-        if c.mask_hex:
-            text = self._hex.sub("<hex>", text)
         if c.mask_ids:
             text = self._id.sub(lambda m: f"{m.group(1)}<id>", text)
+        if c.mask_hex:
+            text = self._hex.sub("<hex>", text)
         if c.mask_numbers:
             text = self._number.sub("<num>", text)
             text = self._zh_number.sub("<num>", text)
+        if buckets:
+            text = re.sub("\ue000(.)\ue001", lambda m: buckets[ord(m.group(1)) - 0xE100], text)
         if c.lowercase:
             text = text.lower()
         if c.collapse_whitespace:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ def test_records_round_trip(tmp_path: Path, suffix: str) -> None:
     assert [r.to_dict() for r in back] == [r.to_dict() for r in RECORDS]
     assert back[1].extra["severity"] == "high"
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
 
 
 def test_text_lines_round_trip_and_numbering(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from core.normalize import Normalizer, NormalizerConfig
         ("open /var/log/app/server.log: permission denied", "open <path>: permission denied"),
         ("trace 550e8400-e29b-41d4-a716-446655440000 done", "trace <uuid> done"),
         ("block blk_-1608999687919862906 added", "block blk_<id> added"),
-        ("request req-8f3a2b1c took 45 ms", "request req-<hex> took <dur:1e1ms>"),
+        ("request req-8f3a2b1c took 45 ms", "request req-<id> took <dur:1e1ms>"),
         ("order ord_42 for user=alice", "order ord_<id> for user=<user>"),
         ("mail bob.smith@example.com at https://x.io/a?b=1", "mail <email> at <url>"),
         ("pointer 0xdeadbeef", "pointer <hex>"),
@@ -44,6 +44,8 @@ def test_ids_inside_words_keep_the_word() -> None:
 def test_duration_buckets_separate_magnitudes() -> None:
     n = Normalizer()
     assert n("took 120 ms") == n("took 310 ms") != n("took 9000 ms")
+    assert n("took 0.5 ms, then 250us") == "took <dur:1e-1ms>, then <dur:1e-1ms>"
+    assert n("id req-abcdef12 and req-3f2a9c1b") == "id req-<id> and req-<id>"
 
 
 def test_rules_are_configurable_and_serialisable() -> None:
