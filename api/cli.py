@@ -14,27 +14,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from core.cli_args import add_window_arguments
 from core.errors import LogTriageError
 
 Handler = Callable[[argparse.Namespace], int]
 log = logging.getLogger("logtriage")
-
-
-def add_window_arguments(parser: argparse.ArgumentParser) -> None:
-    """The windowing options shared by every command that reads raw logs."""
-    parser.add_argument(
-        "--input-format",
-        default="auto",
-        help="auto (records by suffix, .jsonl events, else text), text, events, or a loghub system "
-        "(HDFS, BGL, Thunderbird, OpenSSH, Linux, Apache, OpenStack)",
-    )
-    parser.add_argument("--window-type", choices=["fixed", "sliding", "session"], default="fixed")
-    parser.add_argument("--window-size", type=int, default=10, help="lines per window (fixed, sliding)")
-    parser.add_argument("--step", type=int, default=None, help="sliding step (default: half the size)")
-    parser.add_argument(
-        "--session-key", default=None, help=r"regex whose first group is the session key, e.g. 'blk_-?\d+'"
-    )
-    parser.add_argument("--field", default=None, help="message field of JSON events (default: message/msg/log/...)")
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -72,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_core_commands(sub)
-    for module_name in ("small_model.cli", "large_model.cli", "api.serve_cli"):
+    for module_name in (
+        "small_model.cli",
+        "large_model.cli",
+        "small_model.clustering",
+        "api.detect_cli",
+        "api.serve_cli",
+    ):
         try:
             module = __import__(module_name, fromlist=["add_commands"])
         except ModuleNotFoundError as exc:

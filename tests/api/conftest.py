@@ -49,8 +49,8 @@ def tiny_detector_path(synthetic: Path, tmp_path_factory: pytest.TempPathFactory
 
     out = tmp_path_factory.mktemp("detector") / "artifact"
     args = TrainArgs(train_file=synthetic / "train.json", val_file=synthetic / "val.json", output_dir=out,
-                     encoder="mini-scratch", threads=1, progress=False, batch_size=16, epochs=2.0, mlm_epochs=1.0,
-                     lr=1e-3, head_lr=2e-3, max_length=128, extra=dict(TINY_BERT))  # fmt: skip
+                     encoder="mini-scratch", threads=1, progress=False, batch_size=16, epochs=6.0, mlm_epochs=1.0,
+                     lr=2e-3, head_lr=4e-3, max_length=128, extra=dict(TINY_BERT))  # fmt: skip
     return train_detector(args)
 
 
