@@ -140,8 +140,9 @@ async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path:
         flagged = 0
         for detection_id in ids:
             async with db.session() as session:
-                row = await crud.get_detection(session, detection_id)
-            assert row is not None
+                stored = await crud.get_detection(session, detection_id)
+            assert stored is not None
+            row = stored
             flagged += row.is_anomaly
             item = {"id": row.id, "sequence_id": row.sequence_id, "score": round(row.score, 6),
                     "is_anomaly": row.is_anomaly, "risk_level": row.risk_level, "model_version": row.model_version,
