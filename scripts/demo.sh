@@ -22,3 +22,40 @@ if [ -d "$LOGHUB" ]; then
 else
   echo "loghub samples not found at $LOGHUB (set LOGTRIAGE_LOGHUB); skipping"
 fi
+
+step "3. the detector: MoE-BERT on the bundled all-MiniLM-L6-v2, supervised (about 15 min on 2 cores)"
+[ -f artifacts/detector/config.json ] || $LT train-small --train data/splits/train.json --val data/splits/val.json \
+  --test data/splits/test.json --out artifacts/detector
+
+step "4. the explainer: QLoRA fine-tune of the bundled SmolLM2-135M-Instruct (about 30 min on 2 cores)"
+[ -f artifacts/explainer/adapter_config.json ] || $LT train-large --data data/instructions_chat.jsonl \
+  --output artifacts/explainer
+
+step "5. the service, with a sample detection and its explanation"
+PORT=${LOGTRIAGE_PORT:-8000}
+export LOGTRIAGE_DATABASE_URL=${LOGTRIAGE_DATABASE_URL:-sqlite+aiosqlite:///./data/logtriage.db}
+if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
+  echo "something already answers on port $PORT; set LOGTRIAGE_PORT" >&2; exit 1
+fi
+nohup $LT serve --port "$PORT" > data/serve.log 2>&1 &
+echo $! > data/serve.pid
+for _ in $(seq 1 240); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && break; sleep 1; done
+curl -sf "http://127.0.0.1:$PORT/ready" || { echo "the service did not start; see data/serve.log" >&2; exit 1; }
+echo
+SAMPLE=$($PY - <<'PY'
+import json
+seqs = json.load(open("data/splits/test.json"))
+anomaly = next(s for s in seqs if s["label"] == 1 and s["anomaly_type"] == "timeout")
+print(json.dumps({"sequences": [{"sequence_id": anomaly["sequence_id"], "log_entries": anomaly["log_entries"]}]}))
+PY
+)
+echo "\$ curl -s -X POST http://127.0.0.1:$PORT/detect -H 'content-type: application/json' -d '<a timeout sequence from data/splits/test.json>'"
+DETECT=$(curl -s -X POST "http://127.0.0.1:$PORT/detect" -H 'content-type: application/json' -d "$SAMPLE")
+echo "$DETECT" | $PY -m json.tool
+ID=$(echo "$DETECT" | $PY -c 'import json,sys; print(json.load(sys.stdin)["detections"][0]["id"])')
+echo "\$ curl -s -X POST http://127.0.0.1:$PORT/explain -H 'content-type: application/json' -d '{\"detection_id\": \"$ID\", \"wait_seconds\": 120}'"
+curl -s -X POST "http://127.0.0.1:$PORT/explain" -H 'content-type: application/json' \
+  -d "{\"detection_id\": \"$ID\", \"wait_seconds\": 120}" | $PY -m json.tool
+echo
+echo "The service is running at http://127.0.0.1:$PORT (docs: /docs); pid $(cat data/serve.pid), log data/serve.log."
+echo "Stop it with: kill \$(cat data/serve.pid)"
