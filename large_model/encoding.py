@@ -22,7 +22,7 @@ from large_model.schema import LabelSet
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: head-of-line timestamps as offsets from the first
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -52,10 +52,13 @@ class Example:
 class PromptEncoder:
     """Builds and tokenizes prompts that fit a token budget."""
 
-    def __init__(self, tokenizer: Any, labels: LabelSet, max_prompt_tokens: int = 1024) -> None:
+    def __init__(
+        self, tokenizer: Any, labels: LabelSet, max_prompt_tokens: int = 1024, relative_time: bool = True
+    ) -> None:
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_prompt_tokens = max_prompt_tokens
+        self.relative_time = relative_time
         self._overhead: dict[tuple[str, str], int] = {}
 
     def count(self, text: str) -> int:
@@ -77,6 +80,8 @@ class PromptEncoder:
         """Chat messages for a sequence fitted to ``max_tokens - reserve``; returns them and the lines cut."""
         lang = prompts.check_lang(lang)
         lines = prompts.clean_lines(log_entries)
+        if self.relative_time:
+            lines = prompts.relative_timestamps(lines)
         key = (lang, prompts.format_context(context, lang))
         if key not in self._overhead:
             bare = prompts.build_messages([], lang, self.labels.categories, self.labels.severities, context)
@@ -108,6 +113,14 @@ class PromptEncoder:
 
     def encode_example(self, example: Example, max_seq_len: int) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` with labels -100 everywhere but the assistant's answer and end token."""
+        ids, labels, _ = self.encode_weighted(example, max_seq_len)
+        return ids, labels
+
+    def encode_weighted(
+        self, example: Example, max_seq_len: int, label_weight: float = 1.0
+    ) -> tuple[list[int], list[int], list[float]]:
+        """``(input_ids, labels, weights)``: weights 0 on the prompt, 1 on the answer, ``label_weight`` on
+        the tokens of the category and severity values (and the quote closing them)."""
         answer_ids = self.tokenizer(example.target, add_special_tokens=False)["input_ids"]
         eot = end_of_turn_id(self.tokenizer)
         if example.log_entries is not None:
@@ -120,14 +133,30 @@ class PromptEncoder:
             messages = example.messages
         prompt = self.render(messages)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = self.tokenizer(prompt + example.target, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(prompt + example.target, add_special_tokens=False, return_offsets_mapping=True)
+        full_ids = list(full["input_ids"])
+        offsets = list(full.get("offset_mapping") or [])
         if full_ids[: len(prompt_ids)] != prompt_ids:  # a merge across the boundary: keep the two parts apart
-            full_ids = prompt_ids + answer_ids
+            full_ids, offsets = prompt_ids + answer_ids, []
+        weights = [0.0] * len(prompt_ids) + [1.0] * (len(full_ids) - len(prompt_ids)) + [1.0]
+        if label_weight != 1.0 and offsets:
+            start = len(prompt)
+            spans = [
+                (start + len(prompts.category_prefix()), start + len(prompts.category_prefix()) + len(example.category) + 1),
+                (
+                    start + len(prompts.severity_prefix(example.category)),
+                    start + len(prompts.severity_prefix(example.category)) + len(example.severity) + 1,
+                ),
+            ]
+            for i in range(len(prompt_ids), len(full_ids)):
+                lo, hi = offsets[i]
+                if any(lo < b and hi > a for a, b in spans):
+                    weights[i] = label_weight
         full_ids = [*full_ids, eot]
         labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids) :]
         if len(full_ids) > max_seq_len:
             raise DataError(f"example {example.sequence_id} needs {len(full_ids)} tokens, more than {max_seq_len}")
-        return full_ids, labels
+        return full_ids, labels, weights
 
 
 def _holdout(sequence_id: str, fraction: float, seed: int) -> bool:

@@ -10,6 +10,11 @@ Input cleaning (:func:`clean_lines`): byte strings are decoded as UTF-8 with inv
 replaced by U+FFFD, lone surrogates likewise; control characters other than tab are dropped;
 blank lines are dropped; an empty sequence is a :class:`DataError`.
 
+Relative time (:func:`relative_timestamps`): a timestamp at the head of a line (ISO 8601,
+``2024/05/26 02:07:33,631``, syslog ``May 26 02:07:30``) becomes the offset from the sequence's
+first timestamp, ``+3.061s``. Order and gaps stay visible while a line costs ~17 fewer tokens
+(digits are single tokens in these tokenizers). Lines without a known timestamp are unchanged.
+
 Truncation (:func:`fit_lines`): a line longer than ``max_line_chars`` keeps its head and ends
 with ``…``. When the lines still need more tokens than the budget, the head and the tail of the
 sequence are kept (half the budget each: the first lines show what was going on, the last ones
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from core.errors import DataError
@@ -80,6 +86,58 @@ def clean_lines(log_entries: Sequence[str | bytes] | str | bytes) -> list[str]:
     if not lines:
         raise DataError("empty log sequence: nothing to explain")
     return lines
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_FULL_TS = re.compile(
+    r"^\[?(\d{4})[-/](\d{2})[-/](\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,6}))?(?:Z|[+-]\d{2}:?\d{2})?\]?(?=\s)"
+)
+_SYSLOG_TS = re.compile(r"^(" + "|".join(_MONTHS) + r") {1,2}(\d{1,2}) (\d{2}):(\d{2}):(\d{2})(?=\s)")
+
+
+def _parse_head_time(line: str, year: int) -> tuple[datetime, int, bool] | None:
+    """The timestamp at the head of ``line``, its length and whether it has a fraction of a second."""
+    match = _FULL_TS.match(line)
+    try:
+        if match:
+            y, mo, d, h, mi, sec, frac = match.groups()
+            micro = int((frac or "0").ljust(6, "0"))
+            return datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec), micro), match.end(), bool(frac)
+        match = _SYSLOG_TS.match(line)
+        if match:
+            mon, d, h, mi, sec = match.groups()
+            return datetime(year, _MONTHS.index(mon) + 1, int(d), int(h), int(mi), int(sec)), match.end(), False
+    except ValueError:  # 2024-13-45: not a date after all
+        return None
+    return None
+
+
+def relative_timestamps(lines: Sequence[str]) -> list[str]:
+    """Head-of-line timestamps replaced by their offset from the first one (``+3.061s``)."""
+    year = 2000
+    for line in lines:
+        full = _FULL_TS.match(line)
+        if full:
+            year = int(full.group(1))
+            break
+    first: datetime | None = None
+    out = []
+    for line in lines:
+        parsed = _parse_head_time(line, year)
+        if parsed is None:
+            out.append(line)
+            continue
+        when, end, fraction = parsed
+        if first is None:
+            first = when
+        if fraction:
+            offset = (when - first).total_seconds()
+            text = f"{abs(offset):.3f}s"
+        else:  # a whole-second timestamp: compare whole seconds, or it seems to go back in time
+            offset = (when - first.replace(microsecond=0)).total_seconds()
+            text = f"{abs(offset):.0f}s"
+        out.append(f"{'+' if offset >= 0 else '-'}{text}{line[end:]}")
+    return out
 
 
 def _cap_line(line: str, max_chars: int) -> str:

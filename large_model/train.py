@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,14 @@ class TrainLargeArgs:
     lora_alpha: int | None = None
     lora_dropout: float = 0.05
     lr: float = 1e-3
+    label_weight: float = 3.0  # loss weight of the category and severity tokens (1: plain mean)
     batch_size: int = 8
     grad_accum: int = 1
     max_steps: int = 48
     warmup_steps: int = 3
     weight_decay: float = 0.0
-    max_seq_len: int = 768
-    max_prompt_tokens: int = 1024
+    max_seq_len: int = 1024
+    max_prompt_tokens: int = 1280
     holdout_fraction: float = 0.2
     limit: int | None = None
     save_every: int = 10
@@ -113,16 +115,50 @@ def _batches(n: int, batch_size: int, seed: int, start_step: int, steps: int) ->
     return out[start_step:]
 
 
-def _collate(items: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in items)
+def _collate(items: Sequence[Sequence[Sequence[Any]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """Right-padded tensors from ``(ids, labels[, weights])`` items."""
+    width = max(len(item[0]) for item in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(items), width), -100, dtype=torch.long)  # (B, T)
+    weights = torch.zeros((len(items), width), dtype=torch.float32)  # (B, T)
     mask = torch.zeros((len(items), width), dtype=torch.long)  # (B, T)
-    for row, (ids, labs) in enumerate(items):
+    for row, item in enumerate(items):
+        ids, labs = item[0], item[1]
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(labs)] = torch.tensor(labs)
+        weights[row, : len(ids)] = torch.tensor(item[2]) if len(item) > 2 else (torch.tensor(labs) != -100).float()
         mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+    return {
+        "input_ids": input_ids.to(device),
+        "labels": labels.to(device),
+        "attention_mask": mask.to(device),
+        "weights": weights.to(device),
+    }
+
+
+def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Weighted next-token cross-entropy over the answer tokens only.
+
+    The output head runs on the answer positions alone: the prompt is most of each sequence, and
+    its logits (vocabulary-wide) would cost memory and time for nothing.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, H)
+    targets = batch["labels"][:, 1:]  # (B, T-1)
+    weights = batch["weights"][:, 1:]  # (B, T-1)
+    chosen = targets != -100  # (B, T-1)
+    logits = head(hidden[:, :-1][chosen])  # (N, V)
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[chosen], reduction="none")  # (N,)
+    w = weights[chosen]
+    return (losses * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def step_loss(tm: TrainingModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss of one micro-batch: :func:`answer_loss`, or the model's own where unsloth patched it."""
+    if tm.backend == "unsloth":
+        return tm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    return answer_loss(tm.model, batch)
 
 
 def _latest_checkpoint(output: Path) -> Path | None:
@@ -233,13 +269,13 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         seed=args.seed,
     )
     encoder = PromptEncoder(tm.tokenizer, labels, args.max_prompt_tokens)
-    encoded = [encoder.encode_example(e, args.max_seq_len) for e in train_set]
-    answer_tokens = sum(sum(1 for x in labs if x != -100) for _, labs in encoded)
+    encoded = [encoder.encode_weighted(e, args.max_seq_len, args.label_weight) for e in train_set]
+    answer_tokens = sum(sum(1 for x in labs if x != -100) for _, labs, _ in encoded)
     log.info(
         "%d training examples (%d held out), mean %.0f tokens, %.0f answer tokens",
         len(encoded),
         len(held),
-        sum(len(ids) for ids, _ in encoded) / len(encoded),
+        sum(len(ids) for ids, _, _ in encoded) / len(encoded),
         answer_tokens / len(encoded),
     )
     model = tm.model
@@ -275,7 +311,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         for part in range(args.grad_accum):
             chunk = indices[part * args.batch_size : (part + 1) * args.batch_size]
             batch = _collate([encoded[i] for i in chunk], pad_id, tm.device)
-            loss = model(**batch).loss / args.grad_accum
+            loss = step_loss(tm, batch) / args.grad_accum
             if not torch.isfinite(loss):
                 raise ModelError(f"the loss became {loss.item()} at step {step}: lower --lr")
             loss.backward()
@@ -310,6 +346,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "compute_dtype": str(tm.compute_dtype).replace("torch.", ""),
         "prompt_version": PROMPT_VERSION,
         "max_prompt_tokens": args.max_prompt_tokens,
+        "relative_time": encoder.relative_time,
         "langs": sorted({e.lang for e in examples}),
     }
     write_json(output / EXPLAINER_META, meta)
@@ -372,6 +409,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--lora-alpha", type=int, default=None, help="default 2 x r")
     parser.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--label-weight", type=float, default=d.label_weight, help="loss weight of label tokens")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
     parser.add_argument("--max-steps", type=int, default=d.max_steps)

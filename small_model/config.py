@@ -65,10 +65,11 @@ class DetectorConfig:
     lb_coef: float = 0.01
     moe_dropout: float = 0.1
     # heads
-    pooling: Literal["cls", "attention"] = "cls"
+    pooling: Literal["cls", "attention"] = "attention"
     head_hidden: int = 64
     head_dropout: float = 0.1
     mlm_probability: float = 0.15
+    mlm_vocab: list[int] | None = None  # decoder classes: token ids seen in training (None: full vocab)
     # label-free scoring
     knn_k: int = 5
     recon_passes: int = 4  # deterministic masking: token i is masked in pass i % recon_passes

@@ -38,20 +38,56 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 def length_batches(
-    lengths: Sequence[int], batch_size: int, shuffle: bool, rng: random.Random | None = None
+    lengths: Sequence[int], batch_size: int, shuffle: bool, rng: random.Random | None = None, pool_batches: int = 50
 ) -> list[list[int]]:
-    """Index batches of similar lengths (less padding); with ``shuffle``, random pools and batch order."""
+    """Index batches of similar lengths (less padding); with ``shuffle``, random pools and batch order.
+
+    Shuffled batches are sorted by length only within random pools of ``pool_batches`` batches:
+    small pools keep batches mixed where length correlates with the label (1: no sorting at all).
+    """
     order = list(range(len(lengths)))
     if not shuffle:
         order.sort(key=lambda i: lengths[i])
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng = rng or random.Random(0)
     rng.shuffle(order)
-    pool = batch_size * 50
+    pool = batch_size * max(1, pool_batches)
     batches: list[list[int]] = []
     for start in range(0, len(order), pool):
         chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def stratified_length_batches(
+    lengths: Sequence[int], labels: Sequence[int], batch_size: int, rng: random.Random, pool_batches: int = 50
+) -> list[list[int]]:
+    """Shuffled batches with both classes in every batch at their overall ratio, and little padding.
+
+    In each random pool, each class is sorted by length and cut into as many chunks as the pool has
+    batches; batch j joins chunk j of every class, so its members have similar length ranks.
+    Plain length bucketing would make single-class batches where length tells the classes apart.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * max(1, pool_batches)
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        n_batches = max(1, -(-len(chunk) // batch_size))
+        parts: list[list[list[int]]] = []
+        for cls in sorted({labels[i] for i in chunk}):
+            members = sorted((i for i in chunk if labels[i] == cls), key=lambda i: lengths[i])
+            size, extra = divmod(len(members), n_batches)
+            cuts, pos = [], 0
+            for j in range(n_batches):
+                step = size + (1 if j < extra else 0)
+                cuts.append(members[pos : pos + step])
+                pos += step
+            parts.append(cuts)
+        batches.extend([i for cuts in parts for i in cuts[j]] for j in range(n_batches))
+    batches = [b for b in batches if b]
     rng.shuffle(batches)
     return batches
 

@@ -146,17 +146,42 @@ class MoELayer(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """Transform then decode with the (tied) word embedding matrix."""
+    """Transform then decode with the (tied) word embedding matrix.
 
-    def __init__(self, hidden: int, vocab_size: int) -> None:
+    With ``vocab_ids`` (the token ids seen in training) the decoder covers only those rows plus one
+    learned ``other`` row: much cheaper than the full vocabulary, and a token never seen in training
+    maps to ``other``, which training never targets, so it reconstructs badly (a useful anomaly cue).
+    """
+
+    vocab_ids: torch.Tensor
+    token_map: torch.Tensor
+
+    def __init__(self, hidden: int, vocab_size: int, vocab_ids: list[int] | None = None) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.restricted = vocab_ids is not None
+        if vocab_ids is not None:
+            ids = torch.tensor(sorted(set(vocab_ids)), dtype=torch.long)
+            token_map = torch.full((vocab_size,), len(ids), dtype=torch.long)  # unseen ids -> other
+            token_map[ids] = torch.arange(len(ids))
+            self.register_buffer("vocab_ids", ids, persistent=False)  # (K,)
+            self.register_buffer("token_map", token_map, persistent=False)  # (V,) full id -> class
+            self.other = nn.Parameter(torch.zeros(hidden))
+            self.bias = nn.Parameter(torch.zeros(len(ids) + 1))
+        else:
+            self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         h = self.norm(F.gelu(self.dense(x)))  # (M, H)
+        if self.restricted:
+            rows = torch.cat([word_embeddings[self.vocab_ids], self.other[None]])  # (K+1, H)
+            return F.linear(h, rows, self.bias)  # (M, K+1)
         return F.linear(h, word_embeddings, self.bias)  # (M, V)
+
+    def targets(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder classes of token ids (identity for the full vocabulary)."""
+        return self.token_map[token_ids] if self.restricted else token_ids
 
 
 class AttentionPooling(nn.Module):
@@ -233,7 +258,7 @@ class MoEBertForLogAnomaly(nn.Module):
         hidden = int(encoder.config.hidden_size)
         vocab = int(embedding_weight(encoder).shape[0])
         self.moe = MoELayer(config, hidden)
-        self.mlm_head = MLMHead(hidden, vocab)
+        self.mlm_head = MLMHead(hidden, vocab, config.mlm_vocab)
         self.pool = AttentionPooling(hidden) if config.pooling == "attention" else None
         self.head = AnomalyHead(hidden, config.head_hidden, config.head_dropout)
         for module in (self.moe, self.mlm_head, self.head, self.pool):
@@ -284,7 +309,8 @@ class MoEBertForLogAnomaly(nn.Module):
             masked = mlm_labels != -100  # (B, T)
             word_embeddings = embedding_weight(self.encoder)  # (V, H)
             mlm_logits = self.mlm_head(moe.hidden[masked], word_embeddings)  # (M, V) only masked tokens
-            nll = F.cross_entropy(mlm_logits.float(), mlm_labels[masked], reduction="none")  # (M,)
+            targets = self.mlm_head.targets(mlm_labels[masked])  # (M,)
+            nll = F.cross_entropy(mlm_logits.float(), targets, reduction="none")  # (M,)
             out.mlm_nll = torch.zeros(mlm_labels.shape, dtype=nll.dtype, device=nll.device)
             out.mlm_nll[masked] = nll
             out.mlm_loss = nll.mean() if nll.numel() else nll.sum()

@@ -336,8 +336,13 @@ class MoEBertDetector:
 
     @torch.inference_mode()
     def raw_from_texts(self, texts: Sequence[str], components: Sequence[str] = COMPONENTS) -> dict[str, np.ndarray]:
-        """Raw component scores (``head`` as a logit) and pooled embeddings (``pooled``) of prepared texts."""
-        ids = encode_texts(self.tokenizer, texts, self.config.max_length)
+        """Raw component scores (``head`` as a logit) and pooled embeddings (``pooled``) of prepared texts.
+
+        Scoring is deterministic, so each distinct text is run once.
+        """
+        unique: dict[str, int] = {}
+        where = np.array([unique.setdefault(t, len(unique)) for t in texts], dtype=np.int64)
+        ids = encode_texts(self.tokenizer, list(unique), self.config.max_length)
         n = len(ids)
         pad_id = int(self.tokenizer.pad_token_id or 0)
         head = np.zeros(n)
@@ -352,11 +357,11 @@ class MoEBertDetector:
             pooled[idx] = out.pooled.float().numpy()
             if "recon" in components:
                 recon[idx] = self._recon(input_ids, attention_mask)
-        result: dict[str, np.ndarray] = {"head": head, "pooled": pooled}
+        result: dict[str, np.ndarray] = {"head": head[where], "pooled": pooled[where]}
         if "recon" in components:
-            result["recon"] = recon
+            result["recon"] = recon[where]
         if "knn" in components and self.bank is not None:
-            result["knn"] = knn_distance(pooled, self.bank, self.calibration.knn_k)
+            result["knn"] = knn_distance(pooled, self.bank, self.calibration.knn_k)[where]
         return result
 
     def _recon(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:

@@ -56,7 +56,7 @@ def test_label_set_rejects_bad_labels(tmp_path: Path) -> None:
     path.write_text(json.dumps({"categories": {"timeout": "desc", "retry_storm": "d"}, "severities": ["low"]}))
     assert LabelSet.from_json(path).categories == ("timeout", "retry_storm")
     path.write_text("{not json")
-    with pytest.raises(DataError, match="labels.json"):
+    with pytest.raises(DataError, match=r"labels\.json"):
         LabelSet.from_json(path)
 
 

@@ -1,0 +1,111 @@
+"""The OpenAI-compatible backend against an in-memory /v1/completions server running the real tiny model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from core.errors import ModelError
+from large_model.encoding import Example
+from large_model.inference import Explainer
+from large_model.remote import OpenAIExplainer
+from tests.large_model.conftest import TOY_LABELS
+
+
+class CompletionsServer:
+    """A WSGI app answering /v1/completions like vLLM: echo + prompt log-probabilities, greedy text."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.requests: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def _echo(self, prompt: str) -> dict[str, Any]:
+        enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        logp = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        values = [None] + [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
+        return {
+            "tokens": self.tokenizer.convert_ids_to_tokens(ids),
+            "token_logprobs": values,
+            "text_offset": [start for start, _ in enc["offset_mapping"]],
+        }
+
+    @torch.no_grad()
+    def _generate(self, prompt: str, max_tokens: int) -> str:
+        ids = torch.tensor([self.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return str(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        self.requests.append(body)
+        if environ["PATH_INFO"] != "/v1/completions":
+            start_response("404 Not Found", [("Content-Type", "application/json")])
+            return [b'{"error": "not found"}']
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        choices = []
+        for index, prompt in enumerate(prompts):
+            if body.get("echo"):
+                choices.append({"index": index, "text": prompt, "logprobs": self._echo(prompt)})
+            else:
+                choices.append({"index": index, "text": self._generate(prompt, body["max_tokens"])})
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"choices": choices}).encode()]
+
+
+@pytest.fixture(scope="module")
+def served(label_trained_model: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CompletionsServer]:
+    model, tokenizer = label_trained_model
+    folder = tmp_path_factory.mktemp("served")
+    tokenizer.save_pretrained(folder)
+    (folder / "labels.json").write_text(json.dumps(TOY_LABELS.to_dict()))
+    return folder, CompletionsServer(model, tokenizer)
+
+
+def test_remote_scoring_and_texts_match_in_process(
+    served: tuple[Path, CompletionsServer],
+    label_trained_model: tuple[Any, Any],
+    toy_split: tuple[list[Example], list[Example]],
+) -> None:
+    folder, server = served
+    client = httpx.Client(transport=httpx.WSGITransport(app=server), base_url="http://vllm")
+    remote = OpenAIExplainer("http://vllm", "explainer", folder, client=client, max_new_tokens=40, api_key="k")
+    local = Explainer(*label_trained_model, TOY_LABELS, "toy", "tiny", "cpu", max_new_tokens=40)
+    for example in toy_split[1][:3]:
+        lines = example.log_entries or []
+        got, want = remote.explain_detailed(lines), local.explain_detailed(lines)
+        assert got.explanation.category == want.explanation.category == example.category
+        assert got.explanation.severity == want.explanation.severity
+        for label, score in want.category_scores.items():
+            assert abs(got.category_scores[label] - score) < 1e-3, (got.category_scores, want.category_scores)
+        assert got.explanation.suggested_response == want.explanation.suggested_response
+        assert got.explanation.model == "openai:explainer"
+    scoring = [r for r in server.requests if r.get("echo")]
+    assert scoring and all(len(r["prompt"]) in (3, 2) for r in scoring)  # one request per field, all labels in it
+
+
+def test_remote_errors_are_model_errors(served: tuple[Path, CompletionsServer]) -> None:
+    folder, _ = served
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="overloaded")
+
+    client = httpx.Client(transport=httpx.MockTransport(refuse), base_url="http://vllm")
+    remote = OpenAIExplainer("http://vllm", "explainer", folder, client=client)
+    with pytest.raises(ModelError, match="503"):
+        remote.explain(["ERROR x"])
