@@ -12,12 +12,13 @@ the ``top_g`` most probable ones; a template never seen in training is always a 
 Decision (the classic DeepLog rule): a sequence is anomalous when any position is a miss.
 Score in [0, 1] (continuous, for ROC-AUC), lexicographic in (miss, surprise)::
 
-    score = 0.5 * [any miss] + 0.5 * (1 - exp(-max_nll / nll_scale))
+    score = 0.5 * [any miss] + 0.5 * (1 - exp(-mean_nll / nll_scale))
 
-where ``max_nll`` is the largest negative log-likelihood of a true next id in the sequence (an
-unknown template counts ``nll_cap``). Every sequence with a miss scores above 0.5 and every
+where ``mean_nll`` is the mean negative log-likelihood of the true next ids of the sequence (an
+unknown template counts ``nll_cap``). Every sequence with a miss scores at or above 0.5 and every
 sequence without one below, so the threshold 0.5 *is* the classic rule; inside each group the
-sequences are ranked by their most surprising line.
+sequences are ranked by their mean surprise. (On the synthetic hard validation split the mean
+NLL ranked better than the max NLL or the miss fraction: ROC-AUC 0.99 against 0.96-0.97.)
 
 DeepLog learns without labels: both training modes fit the LSTM on the normal (label 0) and
 unlabeled sequences of the training file and drop those labeled anomalous. Labels are used only
@@ -78,15 +79,15 @@ class DeepLogConfig:
     hidden_size: int = 64
     num_layers: int = 2
     dropout: float = 0.1  # between the LSTM layers
-    top_g: int = 3  # a true next id outside the g most probable ones is a miss
+    top_g: int = 9  # a true next id outside the g most probable ones is a miss (DeepLog's HDFS setting)
     predict_end: bool = True  # also predict an end marker after the last line
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 256
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     seed: int = 42
     dedupe: bool = True  # train on unique (history, next) windows weighted by their counts: same loss, faster
-    nll_scale: float = 5.0  # nats; how fast the surprise part of the score saturates
+    nll_scale: float = 2.0  # nats; how fast the surprise part of the score saturates
     nll_cap: float = 20.0  # nats counted for an unknown template
     embed_pooling: Literal["last", "mean"] = "last"  # embed(): hidden state after the last line, or mean over lines
     drain_sim_threshold: float = 0.4
@@ -406,9 +407,9 @@ class DeepLogDetector:
         miss = (stats.rank >= top_g) | stats.unknown
         any_miss = np.zeros(n, dtype=bool)
         np.logical_or.at(any_miss, stats.seq, miss)
-        max_nll = np.zeros(n, dtype=np.float64)
-        np.maximum.at(max_nll, stats.seq, stats.nll)
-        surprise = 1.0 - np.exp(-max_nll / self.config.nll_scale)
+        positions = np.maximum(np.bincount(stats.seq, minlength=n), 1)
+        mean_nll = np.bincount(stats.seq, weights=stats.nll, minlength=n) / positions
+        surprise = 1.0 - np.exp(-mean_nll / self.config.nll_scale)
         return 0.5 * any_miss + 0.5 * np.minimum(surprise, 1.0 - 1e-9), any_miss
 
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
@@ -485,7 +486,10 @@ class DeepLogDetector:
     # ------------------------------------------------------------------------- calibration
 
     def calibrate(
-        self, sequences: Sequence[Sequence[str]], labels: Sequence[int], top_g_candidates: Sequence[int] | None = None
+        self,
+        sequences: Sequence[Sequence[str]],
+        labels: Sequence[int] | np.ndarray,
+        top_g_candidates: Sequence[int] | None = None,
     ) -> dict[str, Any]:
         """Pick ``top_g`` (best validation F1 of the score, then ROC-AUC, then the smaller g) and the best-F1 threshold."""
         from small_model.evaluate import best_f1_threshold, roc_auc

@@ -235,7 +235,7 @@ def write_plots(
     files: list[str] = []
     prefix = f"{title}: " if title else ""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    bins = np.linspace(float(min(scores.min(), threshold)), float(max(scores.max(), threshold)) + 1e-9, 41)
+    bins = np.linspace(float(min(scores.min(), threshold)), float(max(scores.max(), threshold)) + 1e-9, 41).tolist()
     for value, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         sel = labels == value
         if sel.any():
@@ -289,7 +289,7 @@ def write_plots(
         )
         files.append("tsne_label.png")
         if anomaly_types is not None:
-            groups = ["normal" if labels[i] == 0 else (anomaly_types[i] or "unknown") for i in idx]
+            groups = ["normal" if labels[i] == 0 else (anomaly_types[int(i)] or "unknown") for i in idx]
             _scatter(out / "tsne_type.png", points, groups, prefix + "t-SNE by anomaly type")
             files.append("tsne_type.png")
     return files
