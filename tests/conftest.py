@@ -13,7 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-LOGHUB = Path(os.environ.get("LOGTRIAGE_LOGHUB", REPO.parent / "shared" / "datasets" / "loghub"))
+_CANDIDATES = [REPO.parent / "shared" / "datasets" / "loghub", Path("/work/shared/datasets/loghub")]
+LOGHUB = Path(os.environ.get("LOGTRIAGE_LOGHUB") or next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0]))
 
 
 @pytest.fixture(scope="session")
