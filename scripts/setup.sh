@@ -13,7 +13,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
-pip() { "$VENV/bin/python" -m pip "$@"; }
+# this machine's pip config names local index folders that may be absent: drop those warnings
+pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "WARNING: Location 'file:" >&2); }
 
 # A CPU torch by default: an unpinned torch would pull a multi-GB CUDA build. Users with GPUs
 # install their own torch first; any importable torch is kept.
