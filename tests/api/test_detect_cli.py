@@ -36,8 +36,10 @@ def test_detect_file_json_and_human(tiny_detector_path: Path, synthetic: Path) -
     for x in rows:
         assert 0 <= x["score"] <= 1 and x["risk_level"] in {"low", "medium", "high"}
         assert ("top_lines" in x) == x["is_anomaly"]
-    flagged_anomalies = sum(x["is_anomaly"] for x, s in zip(rows, expected, strict=True) if s["label"] == 1)
-    assert flagged_anomalies >= 0.5 * sum(s["label"] for s in expected)
+    from sklearn.metrics import roc_auc_score
+
+    # the tiny detector ranks anomalies above normal sequences (its quality is tested in tests/small_model)
+    assert roc_auc_score([s["label"] for s in expected], [x["score"] for x in rows]) > 0.7
     human = run(["detect", str(synthetic / "test.json"), "--detector", str(tiny_detector_path)])
     assert human.returncode == 0 and "score=" in human.stdout and "windows," in human.stderr
 
