@@ -110,7 +110,14 @@ async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path:
     from small_model.registry import load_detector
 
     metrics = Metrics()
-    detector = DetectorService(await asyncio.to_thread(load_detector, detector_path), settings, metrics, args.top)
+    clusterer = None
+    if settings.cluster_path is not None:
+        from small_model.clustering import ClusterModel
+
+        clusterer = await asyncio.to_thread(ClusterModel.from_pretrained, settings.cluster_path)
+    detector = DetectorService(
+        await asyncio.to_thread(load_detector, detector_path), settings, metrics, args.top, clusterer=clusterer
+    )
     db = Database(settings.database_url)
     await db.upgrade()
     ids: list[str] = []
@@ -146,7 +153,8 @@ async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path:
             flagged += row.is_anomaly
             item = {"id": row.id, "sequence_id": row.sequence_id, "score": round(row.score, 6),
                     "is_anomaly": row.is_anomaly, "risk_level": row.risk_level, "model_version": row.model_version,
-                    "top_lines": row.top_lines}  # fmt: skip
+                    "top_lines": row.top_lines, "cluster_id": row.cluster_id,
+                    "cluster_description": row.cluster_description}  # fmt: skip
             if row.explanation is not None:
                 e = row.explanation
                 item["explanation"] = {"category": e.category, "severity": e.severity, "summary": e.summary,

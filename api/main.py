@@ -29,20 +29,26 @@ from db.session import Database
 log = logging.getLogger(__name__)
 
 
-def load_models(settings: Settings) -> tuple[Any, Any]:
-    """The detector and (when enabled) the explainer named by the settings."""
+def load_models(settings: Settings) -> tuple[Any, Any, Any]:
+    """The detector, the explainer (when enabled) and the cluster model (when configured) of the settings."""
     from small_model.registry import load_detector
 
     detector = load_detector(settings.detector_path)
-    explainer = None
+    explainer = clusterer = None
     if settings.load_explainer:
         from large_model.inference import load_explainer
 
         explainer = load_explainer(settings.explainer_path, settings=settings)
-    return detector, explainer
+    if settings.cluster_path is not None:
+        from small_model.clustering import ClusterModel
+
+        clusterer = ClusterModel.from_pretrained(settings.cluster_path)
+    return detector, explainer, clusterer
 
 
-def create_app(settings: Settings | None = None, detector: Any = None, explainer: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, detector: Any = None, explainer: Any = None, clusterer: Any = None
+) -> FastAPI:
     """Build the app. Models given here are used as they are; otherwise they load from the settings."""
     settings = settings or get_settings()
     metrics = Metrics()
@@ -53,13 +59,14 @@ def create_app(settings: Settings | None = None, detector: Any = None, explainer
         app.state.db = db
         if settings.migrate_on_start:
             await db.upgrade()
-        det, expl = detector, explainer
+        det, expl, clus = detector, explainer, clusterer
         if det is None:
             import asyncio
 
-            det, loaded_expl = await asyncio.to_thread(load_models, settings)
+            det, loaded_expl, loaded_clus = await asyncio.to_thread(load_models, settings)
             expl = expl if expl is not None else loaded_expl
-        app.state.detector = DetectorService(det, settings, metrics)
+            clus = clus if clus is not None else loaded_clus
+        app.state.detector = DetectorService(det, settings, metrics, clusterer=clus)
         app.state.explainer = ExplainerService(expl, metrics) if expl is not None and settings.load_explainer else None
         await app.state.detector.batcher.start()
         app.state.workers = []

@@ -37,6 +37,12 @@ class Detector(Protocol):
     def line_contributions(self, lines: list[str]) -> list[float]: ...
 
 
+class Clusterer(Protocol):
+    """What the service needs of a cluster model (``logtriage cluster``): a category per anomaly."""
+
+    def predict(self, sequences: list[list[str]]) -> list[tuple[int, str]]: ...
+
+
 class Explainer(Protocol):
     """What the service needs of an explainer (in process or an OpenAI-compatible server)."""
 
@@ -67,8 +73,16 @@ class Verdict:
 class DetectorService:
     """Scores sequences through a micro-batcher; explains anomalies' top lines."""
 
-    def __init__(self, detector: Detector, settings: Settings, metrics: Metrics, top_k: int = 3) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        settings: Settings,
+        metrics: Metrics,
+        top_k: int = 3,
+        clusterer: Clusterer | None = None,
+    ) -> None:
         self.detector = detector
+        self.clusterer = clusterer
         self.metrics = metrics
         self.top_k = top_k
         self.batcher: MicroBatcher[list[str], float] = MicroBatcher(
@@ -97,6 +111,11 @@ class DetectorService:
         for verdict, lines in zip(verdicts, sequences, strict=True):
             if verdict.is_anomaly and len(lines) > 1:
                 verdict.top_lines = await asyncio.to_thread(self._top_lines, lines)
+        flagged = [i for i, v in enumerate(verdicts) if v.is_anomaly]
+        if self.clusterer is not None and flagged:
+            clusters = await asyncio.to_thread(self.clusterer.predict, [sequences[i] for i in flagged])
+            for i, (cluster_id, description) in zip(flagged, clusters, strict=True):
+                verdicts[i].cluster_id, verdicts[i].cluster_description = int(cluster_id), description
         self.metrics.sequences.inc(len(sequences))
         self.metrics.anomalies.inc(sum(v.is_anomaly for v in verdicts))
         return verdicts

@@ -92,11 +92,15 @@ class ExplainWorker:
                 return True
             lines = list(detection.log_entries)
             context = {
-                "score": detection.score,
-                "risk_level": detection.risk_level,
-                "top_lines": [t.get("line") for t in (detection.top_lines or [])],
-                "cluster_id": detection.cluster_id,
-                "cluster_description": detection.cluster_description,
+                k: v
+                for k, v in {
+                    "score": round(detection.score, 3),
+                    "risk_level": detection.risk_level,
+                    "top_lines": [t.get("line") for t in (detection.top_lines or [])],
+                    "cluster_id": detection.cluster_id,
+                    "cluster_description": detection.cluster_description,
+                }.items()
+                if v not in (None, [], "")
             }
         try:
             fields, seconds = await self.explainer.explain(lines, lang, context)

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     detector_path: Path = Path("artifacts/detector")
     encoder: str = "bundled:all-MiniLM-L6-v2"
     max_line_bytes: int = 10 * 1024 * 1024
+    cluster_path: Path | None = None  # a `logtriage cluster` artifact: anomalies get a cluster id and description
     # explainer
     explainer_path: Path = Path("artifacts/explainer")
     llm_base: str = "Qwen/Qwen2.5-0.5B-Instruct"

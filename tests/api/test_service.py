@@ -11,7 +11,6 @@ import pytest
 from db import queue
 from db.session import Database
 
-
 # anomalies with an ERROR line in easy mode: what even the tiny test detector learns to flag
 OBVIOUS = {"connection_failure", "database_error", "service_call_failure", "resource_exhaustion"}
 
