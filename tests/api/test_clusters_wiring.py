@@ -29,13 +29,13 @@ async def test_detect_returns_and_stores_the_cluster(
     settings = Settings(database_url=db_url, workers=0)
     app = create_app(settings, detector=models[0], explainer=models[1], clusterer=cluster_model)
     anomalies = [{"log_entries": s["log_entries"]} for s in test_sequences if s["label"] == 1]
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-            body = (await client.post("/detect", json={"sequences": anomalies, "explain": "never"})).json()
-            flagged = [d for d in body["detections"] if d["is_anomaly"]]
-            assert flagged, "the tiny detector flags some generated anomalies"
-            expected = cluster_model.predict([anomalies[body["detections"].index(d)]["log_entries"] for d in flagged])
-            assert [(d["cluster_id"], d["cluster_description"]) for d in flagged] == expected
-            assert all(d["cluster_id"] is None for d in body["detections"] if not d["is_anomaly"])
-            stored = (await client.get(f"/detections/{flagged[0]['id']}")).json()
-            assert (stored["cluster_id"], stored["cluster_description"]) == expected[0]
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        body = (await client.post("/detect", json={"sequences": anomalies, "explain": "never"})).json()
+        flagged = [d for d in body["detections"] if d["is_anomaly"]]
+        assert flagged, "the tiny detector flags some generated anomalies"
+        expected = cluster_model.predict([anomalies[body["detections"].index(d)]["log_entries"] for d in flagged])
+        assert [(d["cluster_id"], d["cluster_description"]) for d in flagged] == expected
+        assert all(d["cluster_id"] is None for d in body["detections"] if not d["is_anomaly"])
+        stored = (await client.get(f"/detections/{flagged[0]['id']}")).json()
+        assert (stored["cluster_id"], stored["cluster_description"]) == expected[0]
