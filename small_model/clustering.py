@@ -820,22 +820,26 @@ def select_inputs(
 ) -> tuple[list[SequenceRecord], list[SequenceRecord]]:
     """(records to cluster, records usable as the normal reference) for an input mode.
 
-    ``all``: everything is clustered and is the reference; ``anomalies-only``: records labeled 0 go
-    to the reference, the rest (label 1 or unlabeled) are clustered; ``flagged-only``: the detector
-    flags the records to cluster, the unflagged ones are the reference.
+    ``all``: everything is clustered; ``anomalies-only``: records labeled 0 are left out, the rest
+    (label 1 or unlabeled) are clustered; ``flagged-only``: the records the detector flags are
+    clustered. The reference is the records labeled 0, else those the detector does not flag.
     """
-    if mode == "all":
-        return list(records), list(records)
+    normal = [r for r in records if r.label == 0]
     if mode == "anomalies-only":
-        return [r for r in records if r.label != 0], [r for r in records if r.label == 0]
+        return [r for r in records if r.label != 0], normal
+    if mode == "all" and (normal or detector is None):
+        return list(records), normal
     if detector is None:
         raise ModelError("--flagged-only needs a detector to flag anomalies")
     scores = np.asarray(detector.score(_as_lines(records)))
     flagged = scores >= float(detector.threshold)
-    logger.info("flagged %d of %d sequences (threshold %.3f)", int(flagged.sum()), len(records), detector.threshold)
-    return [r for r, f in zip(records, flagged, strict=True) if f], [
-        r for r, f in zip(records, flagged, strict=True) if not f
-    ]
+    logger.info(
+        "the detector flags %d of %d sequences (threshold %.3f)", int(flagged.sum()), len(records), detector.threshold
+    )
+    quiet = [r for r, f in zip(records, flagged, strict=True) if not f]
+    if mode == "all":
+        return list(records), quiet
+    return [r for r, f in zip(records, flagged, strict=True) if f], normal or quiet
 
 
 # ----------------------------------------------------------------------------- stage 4 + artifact
@@ -926,7 +930,7 @@ class ClusterModel:
         if not inputs:
             raise DataError("nothing to cluster: the input holds no sequences for this mode")
         if not reference:
-            logger.warning("no normal reference given; the input itself serves as the reference")
+            logger.warning("no normal reference (--normal, label-0 or unflagged records); the input serves as one")
             reference = list(inputs)
         lines = _as_lines(inputs)
         featurizer = DeepFeaturizer(cfg.features)

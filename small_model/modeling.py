@@ -289,6 +289,10 @@ class MoEBertForLogAnomaly(nn.Module):
     ) -> DetectorOutput:
         """``labels`` (B,) 0/1 anomaly targets; ``mlm_labels`` (B, T) token ids at masked positions, -100 elsewhere."""
         mode = moe_mode or self.moe_mode
+        device = self.mlm_head.bias.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        labels = labels.to(device) if labels is not None else None
+        mlm_labels = mlm_labels.to(device) if mlm_labels is not None else None
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         moe = self.moe(hidden, attention_mask, mode)
         pooled = self.pooled_from(moe.hidden, attention_mask)  # (B, H)
@@ -393,9 +397,10 @@ def encoder_from_config(encoder_config: dict[str, Any]) -> PreTrainedModel:
         raise ModelError(f"unknown encoder model_type {model_type!r}")
     cfg = CONFIG_MAPPING[model_type].from_dict(d)
     try:
-        return AutoModel.from_config(cfg, add_pooling_layer=False)
+        model = AutoModel.from_config(cfg, add_pooling_layer=False)
     except TypeError:
-        return AutoModel.from_config(cfg)
+        model = AutoModel.from_config(cfg)
+    return model.float()  # a config saved from a half-precision checkpoint would build a half model
 
 
 def _placeholder_phrase(token: str) -> str:
@@ -444,6 +449,7 @@ def build_model(config: DetectorConfig, tokenizer: PreTrainedTokenizerBase) -> M
                 encoder = AutoModel.from_pretrained(source)
         except OSError as exc:
             raise ModelError(f"cannot load the encoder {source!r}: {exc}") from None
+        encoder = encoder.float()  # a half-precision checkpoint trains in float32
         old_vocab = embedding_weight(encoder).shape[0]
         if len(tokenizer) > old_vocab:
             _grow_embeddings(encoder, tokenizer, old_vocab)

@@ -104,6 +104,7 @@ class TrainArgs:
     # run
     seed: int = 42
     threads: int | None = None
+    device: str = "cpu"  # or "cuda"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -372,7 +373,7 @@ def expert_usage(detector: MoEBertDetector, texts: Sequence[str], limit: int = 2
         for start in range(0, len(ids), 32):
             input_ids, attention_mask = pad_batch(ids[start : start + 32], int(detector.tokenizer.pad_token_id or 0))
             out = detector.model(input_ids=input_ids, attention_mask=attention_mask, moe_mode="top_p")
-            counts += out.expert_mask.float().sum(dim=0)
+            counts += out.expert_mask.float().sum(dim=0).cpu()
             per_token.append(float(out.expert_mask.float().sum(dim=1).mean()))
     share = counts / counts.sum().clamp_min(1)
     return {"dispatch_share": [round(float(x), 4) for x in share], "experts_per_token": float(np.mean(per_token))}
@@ -500,7 +501,7 @@ def train_detector(args: TrainArgs) -> Path:
     tokenizer = build_tokenizer(config)
     if args.mlm_vocab == "corpus":
         config.mlm_vocab = corpus_vocab(tokenizer, [sep.join(train.lines[i]) for i in normal_idx], config.max_length)
-    model = build_model(config, tokenizer)
+    model = build_model(config, tokenizer).to(args.device)
     logger.info(
         "detector: %s encoder, %.1fM parameters (%.1fM trainable); %d MLM sequences",
         config.encoder, count_parameters(model) / 1e6, count_parameters(model, True) / 1e6, len(mlm_texts),
@@ -587,7 +588,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     for name in (
         "encoder", "epochs", "mlm_epochs", "mlm_max_sequences", "batch_size", "lr", "head_lr", "max_length",
         "num_encoder_layers", "freeze_layers", "pooling", "contamination", "knn_k", "bank_size",
-        "recon_reduce", "mlm_vocab", "dense_fraction", "oneclass_mlm_weight", "seed", "threads",
+        "recon_reduce", "mlm_vocab", "dense_fraction", "oneclass_mlm_weight", "seed", "threads", "device",
     ):  # fmt: skip
         value = getattr(defaults, name)
         kind = type(value) if value is not None else int

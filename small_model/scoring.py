@@ -91,7 +91,7 @@ class Calibration:
     stats: dict[str, ScoreStats] = field(default_factory=dict)
     contamination: float = 0.05
     knn_k: int = 5
-    recon_reduce: Literal["mean", "max_line", "topk"] = "max_line"
+    recon_reduce: Literal["mean", "max_line", "topk", "max"] = "max_line"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -303,7 +303,7 @@ class MoEBertDetector:
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, batch_size: int = 32) -> MoEBertDetector:
+    def from_pretrained(cls, path: str | Path, batch_size: int = 32, device: str = "cpu") -> MoEBertDetector:
         """Load an artifact folder written by :meth:`save_pretrained` (or by training)."""
         folder = Path(path)
         if not folder.is_dir():
@@ -311,7 +311,7 @@ class MoEBertDetector:
         for name in (CONFIG_NAME, WEIGHTS_NAME, CALIBRATION_NAME):
             if not (folder / name).exists():
                 raise ModelError(f"{folder}: not a detector artifact ({name} missing)")
-        model = MoEBertForLogAnomaly.from_pretrained(folder)
+        model = MoEBertForLogAnomaly.from_pretrained(folder).to(device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as exc:
@@ -353,8 +353,8 @@ class MoEBertDetector:
             idx = order[start : start + self.batch_size]
             input_ids, attention_mask = pad_batch([ids[i] for i in idx], pad_id)
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-            head[idx] = out.logits.double().numpy()  # logits: sigmoid saturates on normals
-            pooled[idx] = out.pooled.float().numpy()
+            head[idx] = out.logits.double().cpu().numpy()  # logits: sigmoid saturates on normals
+            pooled[idx] = out.pooled.float().cpu().numpy()
             if "recon" in components:
                 recon[idx] = self._recon(input_ids, attention_mask)
         result: dict[str, np.ndarray] = {"head": head[where], "pooled": pooled[where]}
@@ -372,7 +372,7 @@ class MoEBertDetector:
         ):
             out = self.model(input_ids=masked_ids, attention_mask=attention_mask, mlm_labels=labels)
             assert out.mlm_nll is not None
-            nll += out.mlm_nll.float()
+            nll += out.mlm_nll.float().cpu()
         scored = maskable(input_ids, attention_mask, self._never)  # (B, T)
         return reduce_nll(nll, scored, input_ids, int(self.tokenizer.sep_token_id), self.calibration.recon_reduce)
 
@@ -423,10 +423,12 @@ def knn_distance(queries: np.ndarray, bank: torch.Tensor, k: int) -> np.ndarray:
 
 
 def reduce_nll(nll: torch.Tensor, scored: torch.Tensor, input_ids: torch.Tensor, sep_id: int, how: str) -> np.ndarray:
-    """Per-sequence reconstruction score from token NLLs (B, T): mean, worst line mean, or top-5 mean."""
+    """Per-sequence reconstruction score from token NLLs (B, T): mean, worst line mean, top-5 mean or max."""
     counts = scored.sum(dim=1).clamp_min(1)  # (B,)
     if how == "mean":
         return (nll.sum(dim=1) / counts).double().numpy()
+    if how == "max":
+        return nll.masked_fill(~scored, 0.0).max(dim=1).values.double().numpy()
     if how == "topk":
         k = min(5, nll.shape[1])
         return nll.masked_fill(~scored, 0.0).topk(k, dim=1).values.mean(dim=1).double().numpy()

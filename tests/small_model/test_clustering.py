@@ -193,14 +193,29 @@ def test_analysis_names_real_sequences(fitted: ClusterModel, small_set: dict[str
     }
 
 
+class _FlagEveryOther:
+    """A fake detector that flags every other sequence."""
+
+    threshold = 0.5
+
+    def score(self, sequences: list[list[str]]) -> np.ndarray:
+        return np.array([float(i % 2) for i in range(len(sequences))])
+
+
 def test_select_inputs_modes(small_set: dict[str, Any]) -> None:
     records = small_set["records"]
+    detector = _FlagEveryOther()
     cluster, ref = select_inputs(records, "anomalies-only")
-    assert all(r.label == 1 for r in cluster) and all(r.label == 0 for r in ref)
-    flagged, rest = select_inputs(records, "flagged-only", small_set["detector"])
-    assert len(flagged) + len(rest) == len(records) and flagged
+    assert all(r.label == 1 for r in cluster) and all(r.label == 0 for r in ref) and ref
+    flagged, ref = select_inputs(records, "flagged-only", detector)
+    assert flagged and all(r.label == 0 for r in ref)
+    unlabeled = [r.model_copy(update={"label": None}) for r in records]
+    flagged, quiet = select_inputs(unlabeled, "flagged-only", detector)
+    assert len(flagged) == len(records) // 2 and len(flagged) + len(quiet) == len(records)
+    everything, reference = select_inputs(unlabeled, "all", detector)
+    assert len(everything) == len(records) and [r.sequence_id for r in reference] == [r.sequence_id for r in quiet]
     with pytest.raises(ModelError):
-        select_inputs(records, "flagged-only")
+        select_inputs(unlabeled, "flagged-only")
 
 
 def test_fit_rejects_empty_input(small_set: dict[str, Any]) -> None:
