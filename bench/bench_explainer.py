@@ -20,14 +20,14 @@ if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import resource
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,7 +51,9 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, floa
     base_path, base_name = resolve_base(args.base)
     tm = load_for_training(base_path, device=args.device, compute_dtype=args.dtype, quantize=not args.no_quant)
     encoder = PromptEncoder(tm.tokenizer, labels, 1024)
-    encoded = [encoder.encode_weighted(e, args.max_seq_len, 3.0) for e in train[: args.batch_size * (args.train_steps + 1)]]
+    encoded = [
+        encoder.encode_weighted(e, args.max_seq_len, 3.0) for e in train[: args.batch_size * (args.train_steps + 1)]
+    ]
     optimizer = torch.optim.AdamW([p for p in tm.model.parameters() if p.requires_grad], lr=1e-3)
     tm.model.train()
     times, tokens = [], []

@@ -142,7 +142,10 @@ class PromptEncoder:
         if label_weight != 1.0 and offsets:
             start = len(prompt)
             spans = [
-                (start + len(prompts.category_prefix()), start + len(prompts.category_prefix()) + len(example.category) + 1),
+                (
+                    start + len(prompts.category_prefix()),
+                    start + len(prompts.category_prefix()) + len(example.category) + 1,
+                ),
                 (
                     start + len(prompts.severity_prefix(example.category)),
                     start + len(prompts.severity_prefix(example.category)) + len(example.severity) + 1,

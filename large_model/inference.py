@@ -43,7 +43,7 @@ from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 160
+DEFAULT_MAX_NEW_TOKENS = 288
 ANSWER_RESERVE = 48  # tokens kept free after the prompt for the label prefixes
 
 

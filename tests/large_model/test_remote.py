@@ -69,7 +69,9 @@ class CompletionsServer:
 
 
 @pytest.fixture(scope="module")
-def served(label_trained_model: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CompletionsServer]:
+def served(
+    label_trained_model: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, CompletionsServer]:
     model, tokenizer = label_trained_model
     folder = tmp_path_factory.mktemp("served")
     tokenizer.save_pretrained(folder)
