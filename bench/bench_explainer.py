@@ -44,7 +44,7 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, float]:
+def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, object]:
     """Time ``--train-steps`` QLoRA steps of batch ``--batch-size``."""
     examples = load_examples(args.data, labels)
     train, _ = split_examples(examples, 0.2, 42)
@@ -88,7 +88,7 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, floa
     return result
 
 
-def bench_inference(args: argparse.Namespace, labels: LabelSet) -> dict[str, float]:
+def bench_inference(args: argparse.Namespace, labels: LabelSet) -> dict[str, object]:
     """Time ``--explain-n`` full explanations and as many label scorings."""
     model = Path(args.model) if args.model and Path(args.model).exists() else None
     explainer = Explainer.from_pretrained(
