@@ -64,10 +64,18 @@ NOVELTY_DRAIN = "novelty_drain3.json"
 EVENTS_DRAIN = "events_drain3.json"
 VALUE_DRAIN = "value_drain3.json"
 KNOWN, VALUE, NOVEL = 0, 1, 2  # line kinds against the normal reference
+SIGNALS = {
+    "swap": "steps out of order",
+    "insert": "a step missing",
+    "repeat": "a repeated event",
+    "novel": "new messages",
+    "value": "an out-of-range value",
+}
 NORMALIZER_NAME = "normalizer.json"
 ARTIFACT_KIND = "cluster-model"
 NORMAL_DESCRIPTION = "normal"
 FEATURE_MODELS = ("deeplog", "moe-bert")
+MAX_TSNE = 5000
 _TOKEN = re.compile(r"<[^<>\s]+>|[^\W\d_][\w.:\-]*")
 
 Mode = Literal["all", "anomalies-only", "flagged-only"]
@@ -476,6 +484,34 @@ class DeepFeaturizer:
         }
         return np.concatenate([weights[k] * blocks[k] for k in weights], axis=1).astype(np.float32)
 
+    @property
+    def structure_names(self) -> list[str]:
+        """Names of the structure block's columns."""
+        base = ["repeat", "novel", "value"]
+        return ["swap", "insert", *base] if self.kind == "deeplog" else base
+
+    def split(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The unweighted blocks of a feature matrix made by :meth:`combine` (zeros where a weight is 0)."""
+        a, c = self.arrays, self.config
+        widths = {
+            "deep": a["pca"].shape[1] if "pca" in a else len(a["mu"]),
+            "distance": 1,
+            "structure": len(self.structure_names),
+            "vocabulary": len(self.vocabulary),
+        }
+        weights = {
+            "deep": c.deep_weight,
+            "distance": c.distance_weight,
+            "structure": c.structure_weight,
+            "vocabulary": c.vocabulary_weight,
+        }
+        out, start = {}, 0
+        for name, width in widths.items():
+            part = np.asarray(x[:, start : start + width], dtype=np.float64)
+            out[name] = part / weights[name] if weights[name] else np.zeros_like(part)
+            start += width
+        return out
+
     # save / load
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON metadata and arrays to persist."""
@@ -745,13 +781,18 @@ def describe_clusters(
     features: np.ndarray,
     template_ids: Sequence[Sequence[int]],
     templates: Mapping[int, str],
-    vocabulary_block: np.ndarray,
-    vocabulary: Sequence[str],
+    featurizer: DeepFeaturizer,
     normal_cluster: int | None,
     samples: int = 5,
     top: int = 5,
 ) -> list[ClusterInfo]:
-    """One :class:`ClusterInfo` per cluster: distinctive templates vs the rest, the members nearest its centre."""
+    """One :class:`ClusterInfo` per cluster: distinctive templates vs the rest, the members nearest its centre.
+
+    The description names the structure signals most members show (steps out of order, a missing
+    step, a repeated event, new messages, an out-of-range value) and the top two templates.
+    """
+    blocks = featurizer.split(features)
+    vocabulary_block, vocabulary = blocks["vocabulary"], featurizer.vocabulary
     out = []
     for c in range(int(labels.max()) + 1 if len(labels) else 0):
         members = np.where(labels == c)[0]
@@ -782,7 +823,9 @@ def describe_clusters(
             text = NORMAL_DESCRIPTION
         else:
             cue = "; ".join(t["template"][:80] for t in tmpl[:2]) or ", ".join(words[:4]) or "no distinctive template"
-            text = f"anomaly cluster {c} ({len(members)} seqs): {cue}"
+            shown = (blocks["structure"][members] >= 0.75).mean(0)  # share of members showing each signal
+            signals = [SIGNALS[n] for n, v in zip(featurizer.structure_names, shown, strict=True) if v > 0.5]
+            text = f"anomaly cluster {c} ({len(members)} seqs; {', '.join(signals) or 'no strong signal'}): {cue}"
         out.append(
             ClusterInfo(
                 cluster_id=c,
@@ -947,15 +990,13 @@ class ClusterModel:
             event_miner.template_ids(seq, learn=True)
         template_ids = [event_miner.template_ids(seq, learn=True) for seq in lines]
         vocab_size = max(event_miner.templates, default=0) + 2
-        blocks_vocab = x[:, -len(featurizer.vocabulary) :] if featurizer.vocabulary else np.zeros((len(x), 0))
         clusters = describe_clusters(
             inputs,
             labels,
             x,
             template_ids,
             event_miner.templates,
-            blocks_vocab,
-            featurizer.vocabulary,
+            featurizer,
             normal_cluster,
             cfg.samples_per_cluster,
             cfg.top_templates,
@@ -1143,11 +1184,11 @@ class ClusterModel:
 
 
 def projection_2d(x: np.ndarray, method: str = "pca", seed: int = 42) -> np.ndarray:
-    """A 2-D projection of the features (PCA, or t-SNE for at least 5 points)."""
+    """A 2-D projection of the features (t-SNE for 5 to 5000 points, else PCA)."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) == 0:
         return np.zeros((0, 2))
-    if method == "tsne" and len(x) >= 5:
+    if method == "tsne" and 5 <= len(x) <= MAX_TSNE:
         from sklearn.manifold import TSNE
 
         return np.asarray(
@@ -1225,15 +1266,13 @@ def analyze(
         )
         truth = [true_label(r) for r in records]
         template_ids = [model.event_miner.template_ids(s, learn=False) for s in seqs]
-        vb = x[:, -len(model.featurizer.vocabulary) :] if model.featurizer.vocabulary else np.zeros((len(x), 0))
         infos = describe_clusters(
             records,
             labels,
             x,
             template_ids,
             model.event_miner.templates,
-            vb,
-            model.featurizer.vocabulary,
+            model.featurizer,
             model.normal_cluster,
             samples,
             top,
@@ -1388,7 +1427,8 @@ def _analyze_handler(args: argparse.Namespace) -> int:
         plot_path = Path(args.plot) if args.plot else Path(args.model) / "clusters_2d.png"
         if len(x) and x.shape[1]:
             points = projection_2d(x, args.projection)
-            plot_clusters(points, report["labels"], plot_path, f"clusters ({args.projection.upper()} of deep features)")
+            how = "t-SNE" if args.projection == "tsne" and 5 <= len(x) <= MAX_TSNE else "PCA"
+            plot_clusters(points, report["labels"], plot_path, f"clusters ({how} of the deep features)")
             report["plot"] = str(plot_path)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -1443,7 +1483,9 @@ def add_commands(subparsers: Any) -> dict[str, Any]:
     a.add_argument("--top", type=int, default=5, help="distinctive templates per cluster")
     a.add_argument("--plot", help="PNG path (default <model>/clusters_2d.png)")
     a.add_argument("--no-plot", action="store_true")
-    a.add_argument("--projection", choices=("pca", "tsne"), default="pca")
+    a.add_argument(
+        "--projection", choices=("pca", "tsne"), default="tsne", help="t-SNE (default; PCA above 5000 points)"
+    )
     a.add_argument("--threads", type=int, default=None)
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.set_defaults(handler=_analyze_handler)

@@ -150,6 +150,10 @@ def test_pipeline_runs_end_to_end(fitted: ClusterModel, small_set: dict[str, Any
     acc = hungarian_accuracy([r.anomaly_type for r in anomalies], labels)
     assert acc > 0.5  # 10 types, ~9 each, tiny DeepLog: far above chance (0.1)
     assert fitted.classifier is not None and fitted.meta["classifier_train_agreement"] > 0.8
+    assert fitted.train_features is not None
+    blocks = fitted.featurizer.split(fitted.train_features)
+    for name in ("structure", "vocabulary", "distance"):
+        np.testing.assert_allclose(blocks[name], fitted.featurizer.last_blocks[name], atol=1e-5)
     predicted = fitted.predict([r.log_entries for r in anomalies[:4]])
     assert all(isinstance(c, int) and 0 <= c < 10 and isinstance(d, str) for c, d in predicted)
 
