@@ -156,3 +156,34 @@ def test_classification_figures() -> None:
     assert abs(figs["macro_f1"] - (2 / 3 + 2 / 3 + 1) / 3) < 1e-9  # "d" is absent from both sides
     assert rouge_l(["扩容 订单 服务"], ["扩容订单服务"]) == 1.0  # CJK counts per character
     assert rouge_l(["restart the pod"], ["restart the pod now"]) > 0.8
+
+
+def test_relative_timestamps() -> None:
+    lines = [
+        "2024-05-26 02:07:30.790 INFO [orders] start",
+        "May 26 02:07:30 pg-01 database[1]: INFO write",
+        "2024/05/26 02:07:33,631 payments INFO ok",
+        "no timestamp here",
+        "2024-05-26T02:07:29.000Z [gateway] INFO: earlier",
+    ]
+    assert prompts.relative_timestamps(lines) == [
+        "+0.000s INFO [orders] start",
+        "+0s pg-01 database[1]: INFO write",  # whole seconds: compared as whole seconds
+        "+2.841s payments INFO ok",
+        "no timestamp here",
+        "-1.790s [gateway] INFO: earlier",  # out of order shows as a negative offset
+    ]
+    assert prompts.relative_timestamps(["2024-13-45 99:99:99 bad"]) == ["2024-13-45 99:99:99 bad"]
+
+
+def test_label_tokens_get_the_label_weight(tiny_base: Path, toy_split: tuple[list, list]) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    encoder = PromptEncoder(tokenizer, TOY_LABELS, 512)
+    example = toy_split[0][0]
+    ids, labels, weights = encoder.encode_weighted(example, 512, label_weight=3.0)
+    heavy = tokenizer.decode([i for i, w in zip(ids, weights, strict=True) if w == 3.0])
+    assert example.category in heavy and example.severity in heavy
+    assert all(w == 0.0 for w, lab in zip(weights, labels, strict=True) if lab == -100)
+    assert sum(1 for w in weights if w > 0) == sum(1 for lab in labels if lab != -100)
