@@ -107,12 +107,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], argparse.Argu
 
 
 def add_commands(subparsers: Any) -> dict[str, Handler]:
-    """Register the three commands on an argparse subparsers object; each sets ``func`` to its handler."""
+    """Register the three commands on an argparse subparsers object; each sets ``func`` and ``handler``."""
     handlers = {}
     for name, (help_text, add_args, handler) in COMMANDS.items():
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         add_args(parser)
-        parser.set_defaults(func=handler)
+        parser.set_defaults(func=handler, handler=handler)  # the main logtriage CLI calls ``handler``
         handlers[name] = handler
     return handlers
 

@@ -36,7 +36,7 @@ import torch
 
 from core.errors import ModelError
 from large_model import prompts
-from large_model.bundled import resolve_base
+from large_model.bundled import BUNDLED_ALIASES, resolve_base
 from large_model.encoding import PromptEncoder, end_of_turn_id
 from large_model.quant import bitsandbytes_available, get_quantization_config, parse_dtype, resolve_device
 from large_model.schema import Explanation, LabelSet
@@ -388,7 +388,7 @@ def load_explainer(
         return OpenAIExplainer.from_settings(settings, tokenizer_path=folder, max_new_tokens=max_new_tokens)
     if chosen != "inprocess":
         raise ModelError(f"unknown explainer backend {chosen!r} (use inprocess or openai)")
-    if not folder.exists() and path is None:
+    if not folder.exists() and str(path).strip().lower() not in BUNDLED_ALIASES:
         raise ModelError(f"no explainer at {folder}: run `logtriage train-large` or set LOGTRIAGE_EXPLAINER_PATH")
     return Explainer.from_pretrained(
         folder if folder.exists() else str(path), device=device, dtype=dtype, max_new_tokens=max_new_tokens
