@@ -29,7 +29,7 @@ def test_add_commands_registers_three_handlers() -> None:
     handlers = cli.add_commands(parser.add_subparsers(dest="command"))
     assert set(handlers) == {"train-large", "explain", "evaluate-large"}
     ns = parser.parse_args(["train-large"])
-    assert ns.func is handlers["train-large"]
+    assert ns.func is handlers["train-large"] and ns.handler is handlers["train-large"]
     assert args_from_namespace(ns) == TrainLargeArgs()  # the flags' defaults are the dataclass's
 
 
@@ -96,3 +96,13 @@ def test_evaluate_large_reports_tuned_and_base(
         assert 0.0 <= tuned[key] <= 1.0
     assert tuned["n"] == 3 and sum(map(sum, tuned["category_confusion"]["matrix"])) == 3
     assert "category accuracy" in capsys.readouterr().out
+
+
+def test_missing_explainer_folder_is_an_error_not_the_base(tmp_path: Path) -> None:
+    from core.errors import ModelError
+    from large_model.inference import load_explainer
+
+    with pytest.raises(ModelError, match="no explainer"):
+        load_explainer(tmp_path / "absent", backend="inprocess")
+    with pytest.raises(ModelError, match="no explainer"):
+        load_explainer("artifacts/not-there", backend="inprocess")
