@@ -386,7 +386,8 @@ class DeepFeaturizer:
         input_df: Counter[str] = Counter()
         for doc in docs:
             input_df.update(set(doc))
-        kept = [t for t, n in input_df.most_common() if n >= cfg.min_word_count][: cfg.max_vocabulary]
+        ranked = sorted(input_df.items(), key=lambda tn: (-tn[1], tn[0]))  # no dependence on hash order
+        kept = [t for t, n in ranked if n >= cfg.min_word_count][: cfg.max_vocabulary]
         n_norm, n_in = len(normal), len(inputs)
         weights = [math.log((n_norm + 1) / (normal_df.get(t, 0) + 1)) * math.sqrt(input_df[t] / n_in) for t in kept]
         self.vocabulary = kept
