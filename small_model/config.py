@@ -56,7 +56,8 @@ class DetectorConfig:
     scratch_heads: int = 4
     scratch_intermediate: int = 1024
     add_placeholder_tokens: bool = True
-    max_length: int = 256
+    max_length: int = 384
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CPUs with AMX/AVX512-BF16
     # mixture of experts
     num_experts: int = 4
     top_p: float = 0.8
@@ -65,10 +66,10 @@ class DetectorConfig:
     lb_coef: float = 0.01
     moe_dropout: float = 0.1
     # heads
-    pooling: Literal["cls", "attention"] = "attention"
+    pooling: Literal["cls", "attention", "max"] = "attention"
     head_hidden: int = 64
     head_dropout: float = 0.1
-    mlm_probability: float = 0.15
+    mlm_probability: float = 0.3  # more masked tokens per step: faster masked modeling on a small budget
     mlm_vocab: list[int] | None = None  # decoder classes: token ids seen in training (None: full vocab)
     # label-free scoring
     knn_k: int = 5
@@ -86,8 +87,10 @@ class DetectorConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
-        if self.pooling not in ("cls", "attention"):
-            raise ValueError(f"pooling must be 'cls' or 'attention', got {self.pooling!r}")
+        if self.pooling not in ("cls", "attention", "max"):
+            raise ValueError(f"pooling must be 'cls', 'attention' or 'max', got {self.pooling!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.dense_weights not in ("uniform", "router"):
             raise ValueError(f"dense_weights must be 'uniform' or 'router', got {self.dense_weights!r}")
         if not 0.0 < self.mlm_probability < 1.0:

@@ -12,6 +12,7 @@ expert runs on every token with uniform (or router) weights and nothing is gated
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ class MoELayer(nn.Module):
                 weights = router_probs
             out = torch.zeros_like(x)
             for e, expert in enumerate(self.experts):
-                out = out + weights[:, e : e + 1].to(x.dtype) * expert(x)  # (N, H)
+                out = out + (weights[:, e : e + 1] * expert(x)).to(out.dtype)  # (N, H)
             aux = router_probs.new_zeros(())
         else:
             weights, mask = top_p_routing(router_probs, self.top_p)  # (N, E), (N, E)
@@ -136,12 +137,12 @@ class MoELayer(nn.Module):
                 idx = mask[:, e].nonzero(as_tuple=True)[0]  # tokens routed to expert e
                 if idx.numel() == 0:
                     continue
-                contribution = weights[idx, e : e + 1].to(x.dtype) * expert(x[idx])  # (n_e, H)
-                out = out.index_add(0, idx, contribution)
+                contribution = weights[idx, e : e + 1] * expert(x[idx])  # (n_e, H)
+                out = out.index_add(0, idx, contribution.to(out.dtype))
             aux = load_balancing_loss(router_probs, mask)
         mixed = self.norm(x + out)  # (N, H)
         full = hidden.reshape(B * T, H).clone()
-        full[real] = mixed
+        full[real] = mixed.to(full.dtype)
         return MoEOutput(full.reshape(B, T, H), router_probs, mask, aux)
 
 
@@ -277,6 +278,9 @@ class MoEBertForLogAnomaly(nn.Module):
         """Pool token states (B, T, H) into (B, H)."""
         if self.pool is not None:
             return self.pool(hidden, attention_mask)
+        if self.config.pooling == "max":
+            fill = torch.finfo(hidden.dtype).min
+            return hidden.masked_fill(~attention_mask.bool()[..., None], fill).max(dim=1).values  # (B, H)
         return hidden[:, 0]  # (B, H) the [CLS] state
 
     def forward(
@@ -293,10 +297,17 @@ class MoEBertForLogAnomaly(nn.Module):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         labels = labels.to(device) if labels is not None else None
         mlm_labels = mlm_labels.to(device) if mlm_labels is not None else None
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        moe = self.moe(hidden, attention_mask, mode)
-        pooled = self.pooled_from(moe.hidden, attention_mask)  # (B, H)
-        logits = self.head(pooled)  # (B,)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_bf16(device)):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+            moe = self.moe(hidden, attention_mask, mode)
+            pooled = self.pooled_from(moe.hidden, attention_mask)  # (B, H)
+            logits = self.head(pooled).float()  # (B,)
+            mlm_logits = None
+            if mlm_labels is not None:
+                masked = mlm_labels != -100  # (B, T)
+                word_embeddings = embedding_weight(self.encoder)  # (V, H)
+                mlm_logits = self.mlm_head(moe.hidden[masked], word_embeddings)  # (M, V) only masked tokens
+        pooled = pooled.float()
         out = DetectorOutput(
             logits=logits,
             scores=torch.sigmoid(logits.float()),
@@ -309,10 +320,7 @@ class MoEBertForLogAnomaly(nn.Module):
         if labels is not None:
             out.cls_loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
             losses.append(out.cls_loss)
-        if mlm_labels is not None:
-            masked = mlm_labels != -100  # (B, T)
-            word_embeddings = embedding_weight(self.encoder)  # (V, H)
-            mlm_logits = self.mlm_head(moe.hidden[masked], word_embeddings)  # (M, V) only masked tokens
+        if mlm_labels is not None and mlm_logits is not None:
             targets = self.mlm_head.targets(mlm_labels[masked])  # (M,)
             nll = F.cross_entropy(mlm_logits.float(), targets, reduction="none")  # (M,)
             out.mlm_nll = torch.zeros(mlm_labels.shape, dtype=nll.dtype, device=nll.device)
@@ -325,6 +333,14 @@ class MoEBertForLogAnomaly(nn.Module):
                 total = total + self.config.lb_coef * moe.aux_loss
             out.loss = total
         return out
+
+    def use_bf16(self, device: torch.device) -> bool:
+        """Whether forward runs under bfloat16 autocast (``precision``: auto = CPUs with AMX/AVX512-BF16)."""
+        if self.config.precision == "bf16":
+            return True
+        if self.config.precision == "auto":
+            return device.type == "cpu" and cpu_has_fast_bf16()
+        return False
 
     # ------------------------------------------------------------------------- freezing
 
@@ -387,6 +403,16 @@ class MoEBertForLogAnomaly(nn.Module):
 
 
 # ----------------------------------------------------------------------------- builders
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True on x86 CPUs with AMX or AVX512-BF16 (bfloat16 matrix products there run ~2x faster)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 def encoder_from_config(encoder_config: dict[str, Any]) -> PreTrainedModel:

@@ -58,7 +58,6 @@ from small_model.scoring import (
     COMPONENTS,
     MoEBertDetector,
     ScoreStats,
-    best_f1_threshold,
     calibrate_fusion,
     classification_metrics,
 )
@@ -77,20 +76,20 @@ class TrainArgs:
     unsupervised: bool = False
     # model
     encoder: str = "bundled"
-    num_encoder_layers: int | None = None
+    num_encoder_layers: int | None = 4  # the lowest 4 of MiniLM's 6 layers: fits the CPU time budget
     freeze_layers: int = 0
-    max_length: int = 256
+    max_length: int = 384
     num_experts: int = 4
     top_p: float = 0.8
     pooling: str = "attention"
     # schedule
     epochs: float = 1.0  # head phase (supervised BCE or one-class)
-    mlm_epochs: float = 1.0  # masked log modeling, both stages together
-    mlm_max_sequences: int | None = 3000  # subsample of the (deduplicated) normal sequences for MLM
+    mlm_epochs: float = 2.0  # masked log modeling, both stages together
+    mlm_max_sequences: int | None = 1500  # subsample of the (deduplicated) normal sequences for MLM
     dense_fraction: float = 0.5  # share of MLM steps in stage 1 (dense experts)
     batch_size: int = 16
-    lr: float = 5e-5  # encoder
-    head_lr: float = 5e-4  # MoE, heads, new embeddings
+    lr: float = 1e-4  # encoder
+    head_lr: float = 1e-3  # MoE, heads
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     # label-free
@@ -98,9 +97,9 @@ class TrainArgs:
     knn_k: int = 5
     bank_size: int = 4096
     calib_fraction: float = 0.1  # normal training sequences held out for score normalization
-    recon_reduce: str = "max_line"
+    recon_reduce: str = "max"  # max token NLL: one out-of-place token (a latency bucket) is enough
     mlm_vocab: str = "corpus"  # corpus: decode only token ids seen in training (+ other); full: all
-    oneclass_mlm_weight: float = 1.0  # weight of the MLM loss kept during one-class training
+    mlm_weight: float = 1.0  # weight of the MLM loss kept on normal sequences while the head trains
     # run
     seed: int = 42
     threads: int | None = None
@@ -273,6 +272,25 @@ def mlm_phase(
     run_phase(model, args, total - dense_steps, step_fn("top_p"), "mlm-stage2-topp", history)
 
 
+def _joint_mlm(
+    model: MoEBertForLogAnomaly,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: DetectorConfig,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """MLM loss on (normal) rows, so the reconstruction score stays sharp while the head trains."""
+    width = int(attention_mask.sum(dim=1).max())
+    ids, mask = input_ids[:, :width], attention_mask[:, :width]
+    masked, mlm_labels = random_mlm_mask(
+        ids, mask, special_ids(tokenizer), int(tokenizer.mask_token_id), len(tokenizer), config.mlm_probability, gen
+    )
+    out = model(input_ids=masked, attention_mask=mask, mlm_labels=mlm_labels, moe_mode="top_p")
+    assert out.mlm_loss is not None
+    return out.mlm_loss
+
+
 def supervised_phase(
     model: MoEBertForLogAnomaly,
     tokenizer: PreTrainedTokenizerBase,
@@ -280,9 +298,10 @@ def supervised_phase(
     args: TrainArgs,
     config: DetectorConfig,
     rng: random.Random,
+    gen: torch.Generator,
     history: dict[str, Any],
 ) -> None:
-    """BCE on the labeled sequences; fine-tunes encoder, MoE and head."""
+    """BCE on the labeled sequences (fine-tunes encoder, MoE and head), with MLM kept on the normal ones."""
     # identical (text, label) pairs add nothing but weight: train on each once per epoch
     pairs = {(config.line_separator.join(x), y) for x, y in zip(data.lines, data.labels, strict=True) if y is not None}
     examples = sorted(pairs, key=lambda p: (p[0], p[1] or 0))
@@ -307,7 +326,13 @@ def supervised_phase(
         input_ids, attention_mask = pad_batch([ids[i] for i in idx], pad_id)
         out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels[idx], moe_mode="top_p")
         assert out.loss is not None and out.cls_loss is not None
-        return {"loss": out.loss, "bce": out.cls_loss.detach(), "lb": out.aux_loss.detach()}
+        losses = {"loss": out.loss, "bce": out.cls_loss.detach(), "lb": out.aux_loss.detach()}
+        normal = (labels[idx] == 0).nonzero(as_tuple=True)[0]
+        if args.mlm_weight > 0 and len(normal):
+            mlm = _joint_mlm(model, tokenizer, input_ids[normal], attention_mask[normal], config, gen)
+            losses["loss"] = losses["loss"] + args.mlm_weight * mlm
+            losses["mlm"] = mlm.detach()
+        return losses
 
     run_phase(model, args, steps, fn, "supervised-head", history)
 
@@ -331,8 +356,7 @@ def oneclass_phase(
     steps = math.ceil(args.epochs * (epoch_size or len(ids)) / args.batch_size)
     half = max(1, args.batch_size // 2)
     batches = _cycle_batches([len(x) for x in ids], half, rng)
-    never = special_ids(tokenizer)
-    pad_id, mask_id, vocab = int(tokenizer.pad_token_id or 0), int(tokenizer.mask_token_id), len(tokenizer)
+    pad_id = int(tokenizer.pad_token_id or 0)
 
     def fn(_: int) -> dict[str, torch.Tensor]:
         idx = next(batches)
@@ -343,17 +367,10 @@ def oneclass_phase(
         out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, moe_mode="top_p")
         assert out.loss is not None and out.cls_loss is not None
         losses = {"loss": out.loss, "bce": out.cls_loss.detach(), "lb": out.aux_loss.detach()}
-        if args.oneclass_mlm_weight > 0:
-            real_ids, real_mask = input_ids[: len(idx)], attention_mask[: len(idx)]
-            width = int(real_mask.sum(dim=1).max())
-            real_ids, real_mask = real_ids[:, :width], real_mask[:, :width]
-            masked, mlm_labels = random_mlm_mask(
-                real_ids, real_mask, never, mask_id, vocab, config.mlm_probability, gen
-            )
-            mlm = model(input_ids=masked, attention_mask=real_mask, mlm_labels=mlm_labels, moe_mode="top_p")
-            assert mlm.mlm_loss is not None
-            losses["loss"] = losses["loss"] + args.oneclass_mlm_weight * mlm.mlm_loss
-            losses["mlm"] = mlm.mlm_loss.detach()
+        if args.mlm_weight > 0:
+            mlm = _joint_mlm(model, tokenizer, input_ids[: len(idx)], attention_mask[: len(idx)], config, gen)
+            losses["loss"] = losses["loss"] + args.mlm_weight * mlm
+            losses["mlm"] = mlm.detach()
         return losses
 
     run_phase(model, args, steps, fn, "oneclass-head", history)
@@ -379,14 +396,20 @@ def expert_usage(detector: MoEBertDetector, texts: Sequence[str], limit: int = 2
     return {"dispatch_share": [round(float(x), 4) for x in share], "experts_per_token": float(np.mean(per_token))}
 
 
-def calibrate_unsupervised(
+def calibrate(
     detector: MoEBertDetector,
     bank_texts: Sequence[str],
     calib_texts: Sequence[str],
     val: Prepared | None,
     args: TrainArgs,
 ) -> dict[str, Any]:
-    """Embedding bank, robust score stats, fusion weights and threshold; returns calibration notes."""
+    """Embedding bank, robust score stats, fusion weights and threshold; returns calibration notes.
+
+    With labeled validation data both tracks fuse head, kNN and reconstruction with weights and a
+    threshold that maximize ROC-AUC + F1 there. Without it, the supervised track scores with the head
+    probability (threshold 0.5) and the label-free track fuses with equal weights, thresholded at
+    the ``contamination`` quantile of validation (else held-out normal) scores.
+    """
     sep = detector.config.line_separator
     bank = detector.raw_from_texts(bank_texts, ["head"])["pooled"]
     detector.bank = torch.as_tensor(bank)
@@ -403,8 +426,13 @@ def calibrate_unsupervised(
             notes[f"val_auc_{c}"] = classification_metrics(y, raw_val[c], 0.0)["roc_auc"]
         weights, threshold, objective = calibrate_fusion(raw_val, y, cal.stats)
         cal.weights, cal.threshold, cal.threshold_source = weights, threshold, "validation"
+        cal.fused = True
         notes["objective"] = objective
+    elif cal.mode == "supervised":
+        cal.weights = {"head": 1.0, "knn": 0.0, "recon": 0.0}
+        cal.threshold, cal.threshold_source, cal.fused = 0.5, "default", False
     else:
+        cal.fused = True
         cal.weights = {c: 1.0 / len(COMPONENTS) for c in COMPONENTS}
         pool_texts = [sep.join(x) for x in val.lines] if val is not None else list(calib_texts)
         fused = cal.fuse(detector.raw_from_texts(pool_texts, COMPONENTS))
@@ -481,18 +509,17 @@ def train_detector(args: TrainArgs) -> Path:
     if args.unsupervised and dropped:
         logger.warning("label-free training: dropping %d sequences labeled anomalous", dropped)
     rng.shuffle(normal_idx)
-    calib_idx: list[int] = []
-    if args.unsupervised:
-        n_calib = min(1000, max(1, int(args.calib_fraction * len(normal_idx)))) if len(normal_idx) > 1 else 0
-        calib_idx, normal_idx = normal_idx[:n_calib], normal_idx[n_calib:] or normal_idx
-    # masked modeling on deduplicated normal/unlabeled texts (a capped random subsample)
-    seen: set[str] = set()
-    mlm_texts: list[str] = []
+    # normal sequences held out of all training: the reference for score normalization
+    n_calib = min(1000, max(1, int(args.calib_fraction * len(normal_idx)))) if len(normal_idx) > 10 else 0
+    calib_idx, normal_idx = normal_idx[:n_calib], normal_idx[n_calib:]
+    if not calib_idx:  # too few normal sequences to hold any out: normalize on the training ones
+        calib_idx = list(normal_idx)
+    held_out = set(calib_idx) if n_calib else set()
+    # deduplicated normal/unlabeled texts: masked modeling (a capped random subsample) and the bank
+    unique_normal: dict[str, list[str]] = {}
     for i in normal_idx:
-        text = sep.join(train.lines[i])
-        if text not in seen:
-            seen.add(text)
-            mlm_texts.append(text)
+        unique_normal.setdefault(sep.join(train.lines[i]), train.lines[i])
+    mlm_texts = list(unique_normal)
     mlm_epoch = len(normal_idx)
     if args.mlm_max_sequences:
         mlm_texts = mlm_texts[: args.mlm_max_sequences]
@@ -500,7 +527,7 @@ def train_detector(args: TrainArgs) -> Path:
 
     tokenizer = build_tokenizer(config)
     if args.mlm_vocab == "corpus":
-        config.mlm_vocab = corpus_vocab(tokenizer, [sep.join(train.lines[i]) for i in normal_idx], config.max_length)
+        config.mlm_vocab = corpus_vocab(tokenizer, list(unique_normal), config.max_length)
     model = build_model(config, tokenizer).to(args.device)
     logger.info(
         "detector: %s encoder, %.1fM parameters (%.1fM trainable); %d MLM sequences",
@@ -510,38 +537,24 @@ def train_detector(args: TrainArgs) -> Path:
     mlm_phase(model, tokenizer, mlm_texts, args, config, rng, gen, history, mlm_epoch)
     t_mlm = time.perf_counter()
     if args.unsupervised:
-        unique_normal: dict[str, list[str]] = {}
-        for i in normal_idx:
-            unique_normal.setdefault(sep.join(train.lines[i]), train.lines[i])
-        oneclass_phase(model, tokenizer, list(unique_normal.values()), args, config, rng, gen, history, len(normal_idx))
+        oneclass_phase(model, tokenizer, list(unique_normal.values()), args, config, rng, gen, history)
     else:
-        supervised_phase(model, tokenizer, train, args, config, rng, history)
+        labeled = Prepared(
+            [x for i, x in enumerate(train.lines) if i not in held_out],
+            [y for i, y in enumerate(train.labels) if i not in held_out],
+            [t for i, t in enumerate(train.types) if i not in held_out],
+        )
+        supervised_phase(model, tokenizer, labeled, args, config, rng, gen, history)
     t_head = time.perf_counter()
     model.eval()
 
     detector = MoEBertDetector(model, tokenizer, normalizer)
     cal = detector.calibration
+    cal.mode = "unsupervised" if args.unsupervised else "supervised"
     cal.knn_k, cal.contamination = args.knn_k, args.contamination
     cal.recon_reduce = args.recon_reduce  # type: ignore[assignment]
-    notes: dict[str, Any] = {}
-    if args.unsupervised:
-        cal.mode = "unsupervised"
-        bank_idx = normal_idx[: args.bank_size]
-        notes = calibrate_unsupervised(
-            detector,
-            [sep.join(train.lines[i]) for i in bank_idx],
-            [sep.join(train.lines[i]) for i in calib_idx],
-            val,
-            args,
-        )
-    else:
-        cal.mode = "supervised"
-        cal.weights = {"head": 1.0, "knn": 0.0, "recon": 0.0}
-        if val is not None and len({y for y in val.labels if y is not None}) == 2:
-            keep = [i for i, y in enumerate(val.labels) if y is not None]
-            raw = detector.raw_from_texts([sep.join(val.lines[i]) for i in keep], ["head"])
-            cal.threshold, _ = best_f1_threshold(np.array([val.labels[i] for i in keep]), cal.fuse(raw))
-            cal.threshold_source = "validation"
+    bank_texts = list(unique_normal)[: args.bank_size]
+    notes = calibrate(detector, bank_texts, [sep.join(train.lines[i]) for i in calib_idx], val, args)
     t_cal = time.perf_counter()
     cpu_train = time.process_time() - cpu0
 
@@ -588,7 +601,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     for name in (
         "encoder", "epochs", "mlm_epochs", "mlm_max_sequences", "batch_size", "lr", "head_lr", "max_length",
         "num_encoder_layers", "freeze_layers", "pooling", "contamination", "knn_k", "bank_size",
-        "recon_reduce", "mlm_vocab", "dense_fraction", "oneclass_mlm_weight", "seed", "threads", "device",
+        "recon_reduce", "mlm_vocab", "dense_fraction", "mlm_weight", "seed", "threads", "device",
     ):  # fmt: skip
         value = getattr(defaults, name)
         kind = type(value) if value is not None else int

@@ -84,14 +84,15 @@ class ScoreStats:
 class Calibration:
     """How raw scores become the final score and the decision: weights, threshold, normalization stats."""
 
-    mode: Literal["supervised", "unsupervised"] = "supervised"
+    mode: Literal["supervised", "unsupervised"] = "supervised"  # the training track
+    fused: bool = False  # False: the score is the head's probability; True: the normalized fusion
     weights: dict[str, float] = field(default_factory=lambda: {"head": 1.0, "knn": 0.0, "recon": 0.0})
     threshold: float = 0.5
     threshold_source: str = "default"  # validation | contamination | default
     stats: dict[str, ScoreStats] = field(default_factory=dict)
     contamination: float = 0.05
     knn_k: int = 5
-    recon_reduce: Literal["mean", "max_line", "topk", "max"] = "max_line"
+    recon_reduce: Literal["mean", "max_line", "topk", "max"] = "max"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -112,7 +113,7 @@ class Calibration:
 
     def fuse(self, raw: dict[str, np.ndarray]) -> np.ndarray:
         """The final score in [0, 1]: ``sum_c w_c * normalize_c(raw_c)`` (weights sum to 1)."""
-        if self.mode == "supervised":
+        if not self.fused:
             return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(raw["head"], dtype=np.float64), -60.0, 60.0)))
         total = sum(self.weights.get(c, 0.0) for c in self.active()) or 1.0
         n = len(next(iter(raw.values())))
@@ -378,7 +379,7 @@ class MoEBertDetector:
 
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
         """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of sequences."""
-        components = ["head"] if self.mode == "supervised" else [*self.calibration.active(), "head"]
+        components = [*self.calibration.active(), "head"] if self.calibration.fused else ["head"]
         return self.raw_from_texts(self.texts(sequences), components)
 
     # ------------------------------------------------------------------------- public API

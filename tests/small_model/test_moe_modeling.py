@@ -41,6 +41,7 @@ def tiny_config(**overrides: object) -> DetectorConfig:
         "expert_hidden": 32,
         "head_hidden": 16,
         "max_length": 64,
+        "precision": "fp32",
     }
     base.update(overrides)
     return DetectorConfig(**base)  # type: ignore[arg-type]
@@ -257,6 +258,7 @@ def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path) -> Non
     bank = torch.randn(20, 32)
     calibration = Calibration(
         mode="unsupervised",
+        fused=True,
         weights={"head": 0.2, "knn": 0.5, "recon": 0.3},
         threshold=0.4,
         stats={"head": ScoreStats(0.1, 0.5, 3.0), "knn": ScoreStats(0.5, 0.1, 3.0), "recon": ScoreStats(9.0, 0.5, 3)},
