@@ -72,7 +72,7 @@ class DetectorConfig:
     mlm_probability: float = 0.3  # more masked tokens per step: faster masked modeling on a small budget
     mlm_vocab: list[int] | None = None  # decoder classes: token ids seen in training (None: full vocab)
     # label-free scoring
-    knn_k: int = 5
+    knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
     recon_passes: int = 4  # deterministic masking: token i is masked in pass i % recon_passes
     line_separator: str = " [SEP] "
     # filled in when the model is built / saved

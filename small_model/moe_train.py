@@ -94,7 +94,7 @@ class TrainArgs:
     warmup_ratio: float = 0.06
     # label-free
     contamination: float = 0.05
-    knn_k: int = 5
+    knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
     bank_size: int = 4096
     calib_fraction: float = 0.1  # normal training sequences held out for score normalization
     recon_reduce: str = "max"  # max token NLL: one out-of-place token (a latency bucket) is enough

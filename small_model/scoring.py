@@ -58,25 +58,33 @@ RiskLevel = Literal["high", "medium", "low"]
 
 @dataclass
 class ScoreStats:
-    """Maps a raw score to [0, 1]: ``sigmoid((x - center) / scale - offset)``."""
+    """Maps a raw score to [0, 1] by its robust z-score ``z`` against normal sequences.
+
+    ``u = z - offset``; the score is ``0.5 * exp(u)`` below 0 and ``1 - 0.5 / (1 + u)`` above: smooth,
+    monotone, 0.5 at ``offset`` robust sigmas, and (unlike a sigmoid) never rounding far outliers to
+    exactly 1.0, so very anomalous sequences keep their order and the threshold keeps its resolution.
+    """
 
     center: float = 0.0
     scale: float = 1.0
-    offset: float = 0.0
+    offset: float = 3.0
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """The normalized score of each raw value."""
-        z = (np.asarray(values, dtype=np.float64) - self.center) / max(self.scale, 1e-12) - self.offset
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+        u = (np.asarray(values, dtype=np.float64) - self.center) / max(self.scale, 1e-12) - self.offset
+        return np.where(u <= 0, 0.5 * np.exp(np.minimum(u, 0.0)), 1.0 - 0.5 / (1.0 + np.maximum(u, 0.0)))
 
     @classmethod
     def robust(cls, values: np.ndarray, offset: float = 3.0) -> ScoreStats:
-        """Median and MAD (scaled to a standard deviation) of normal scores; ``offset`` robust sigmas."""
+        """Median and a robust spread of normal scores (MAD, or the 50-90% quantile gap when MAD is 0)."""
         v = np.asarray(values, dtype=np.float64)
         center = float(np.median(v))
         mad = float(np.median(np.abs(v - center))) * 1.4826
+        upper = float(np.quantile(v, 0.9) - center) / 1.2816
         spread = float(np.std(v))
-        scale = mad if mad > 1e-9 else (spread if spread > 1e-9 else 1e-3)
+        scale = max(mad, upper)
+        if scale <= 1e-9:
+            scale = spread if spread > 1e-9 else 1e-3
         return cls(center=center, scale=scale, offset=offset)
 
 
@@ -91,7 +99,7 @@ class Calibration:
     threshold_source: str = "default"  # validation | contamination | default
     stats: dict[str, ScoreStats] = field(default_factory=dict)
     contamination: float = 0.05
-    knn_k: int = 5
+    knn_k: int = 1
     recon_reduce: Literal["mean", "max_line", "topk", "max"] = "max"
 
     def to_dict(self) -> dict[str, Any]:
