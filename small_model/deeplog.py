@@ -29,7 +29,6 @@ the threshold stays at 0.5 (the classic rule) with the configured ``top_g``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -51,6 +50,7 @@ from core.io import read_records, write_json
 from core.normalize import Normalizer
 from core.schema import SequenceRecord
 from core.templates import UNKNOWN_TEMPLATE, TemplateMiner
+from small_model.common import weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -214,15 +214,6 @@ def _risk(score: float, flagged: bool) -> RiskLevel:
     if flagged:
         return "high" if score > HIGH_RISK else "medium"
     return "low"
-
-
-def weights_digest(model: nn.Module) -> str:
-    """A short sha256 of the model's weights."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- detector

@@ -12,7 +12,6 @@ embeddings, and the reconstruction loss (masked-token NLL under deterministic ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from core.errors import ModelError
 from core.io import write_json
 from core.normalize import Normalizer
+from small_model.common import weights_digest
 from small_model.data import (
     encode_texts,
     line_index,
@@ -226,15 +226,6 @@ def risk_level(score: float, threshold: float, high: float = HIGH_RISK) -> RiskL
     if score >= threshold:
         return "high" if score > high else "medium"
     return "low"
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A short sha256 of the model's weights."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- the detector
