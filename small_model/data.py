@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
 import torch
@@ -159,14 +160,26 @@ def line_index(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- perturbed negatives
 
-PERTURBATIONS = ("drop", "duplicate", "swap", "foreign_line", "foreign_token", "shuffle")
+PERTURBATIONS = ("drop", "duplicate", "swap", "foreign_line", "foreign_token", "shuffle", "slow")
+# a duration bucket of the normalizer (``<dur:1e2ms>``): "slow" moves one 2-3 orders of magnitude up
+_DURATION_BUCKET = re.compile(r"<dur:1e(-?\d+)ms>")
+
+
+def _slow_down(line: str, rng: random.Random) -> str | None:
+    """``line`` with one duration bucket 100-1000 times slower, or ``None`` when it has none."""
+    found = list(_DURATION_BUCKET.finditer(line))
+    if not found:
+        return None
+    m = rng.choice(found)
+    return f"{line[: m.start()]}<dur:1e{int(m.group(1)) + rng.choice((2, 3))}ms>{line[m.end() :]}"
 
 
 def perturb_lines(lines: Sequence[str], rng: random.Random, line_pool: Sequence[str]) -> list[str]:
     """A corrupted copy of a normal sequence, the synthetic negative of the one-class head.
 
     One or two of: drop a line, duplicate a line, swap two lines, replace a line by a line of
-    another sequence, replace a word by a word of another line, shuffle the lines.
+    another sequence, replace a word by a word of another line, shuffle the lines, make one timed
+    step 100-1000 times slower (its duration bucket; a line without one gets a foreign line instead).
     """
     out = list(lines)
     for _ in range(rng.choice((1, 1, 2))):
@@ -191,6 +204,9 @@ def perturb_lines(lines: Sequence[str], rng: random.Random, line_pool: Sequence[
                 out[i] = " ".join(words)
         elif op == "shuffle" and n > 2:
             rng.shuffle(out)
+        elif op == "slow" and any("<dur:" in x for x in out):
+            i = rng.choice([k for k, x in enumerate(out) if "<dur:" in x])
+            out[i] = _slow_down(out[i], rng) or out[i]
         else:
             out.insert(rng.randrange(n + 1), rng.choice(line_pool) if line_pool else out[0])
     if out == list(lines):  # the operations can cancel out; insert a foreign line then

@@ -100,6 +100,9 @@ class TrainArgs:
     recon_reduce: str = "max"  # max token NLL: one out-of-place token (a latency bucket) is enough
     mlm_vocab: str = "corpus"  # corpus: decode only token ids seen in training (+ other); full: all
     mlm_weight: float = 1.0  # weight of the MLM loss kept on normal sequences while the head trains
+    mlm_rows: int = 4  # at most this many normal rows of a head batch carry that MLM loss
+    head_freeze_layers: int = 2  # embeddings and the lowest N layers frozen while the head trains (speed)
+    augment: float = 0.25  # supervised: perturbed copies of normal rows added as anomalies, per batch row
     # run
     seed: int = 42
     threads: int | None = None
@@ -303,7 +306,8 @@ def supervised_phase(
 ) -> None:
     """BCE on the labeled sequences (fine-tunes encoder, MoE and head), with MLM kept on the normal ones."""
     # identical (text, label) pairs add nothing but weight: train on each once per epoch
-    pairs = {(config.line_separator.join(x), y) for x, y in zip(data.lines, data.labels, strict=True) if y is not None}
+    sep = config.line_separator
+    pairs = {(sep.join(x), y) for x, y in zip(data.lines, data.labels, strict=True) if y is not None}
     examples = sorted(pairs, key=lambda p: (p[0], p[1] or 0))
     rng.shuffle(examples)
     ids = encode_texts(tokenizer, [t for t, _ in examples], config.max_length)
@@ -321,13 +325,24 @@ def supervised_phase(
     batches = cycle()
     pad_id = int(tokenizer.pad_token_id or 0)
 
+    # perturbed copies of normal sequences (a step dropped, lines swapped, a step slowed, ...) join each
+    # batch as extra anomalies: more examples of the structural kinds than the labels hold
+    normal_lines = [x for x, y in zip(data.lines, data.labels, strict=True) if y == 0]
+    pool = sorted({line for seq in normal_lines for line in seq})
+    n_aug = round(args.augment * args.batch_size) if normal_lines else 0
+
     def fn(_: int) -> dict[str, torch.Tensor]:
         idx = next(batches)
-        input_ids, attention_mask = pad_batch([ids[i] for i in idx], pad_id)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels[idx], moe_mode="top_p")
+        batch_ids, batch_labels = [ids[i] for i in idx], labels[idx]
+        if n_aug:
+            fakes = [sep.join(perturb_lines(rng.choice(normal_lines), rng, pool)) for _ in range(n_aug)]
+            batch_ids = batch_ids + encode_texts(tokenizer, fakes, config.max_length)
+            batch_labels = torch.cat([batch_labels, torch.ones(n_aug)])
+        input_ids, attention_mask = pad_batch(batch_ids, pad_id)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=batch_labels, moe_mode="top_p")
         assert out.loss is not None and out.cls_loss is not None
         losses = {"loss": out.loss, "bce": out.cls_loss.detach(), "lb": out.aux_loss.detach()}
-        normal = (labels[idx] == 0).nonzero(as_tuple=True)[0]
+        normal = (batch_labels == 0).nonzero(as_tuple=True)[0][: args.mlm_rows]
         if args.mlm_weight > 0 and len(normal):
             mlm = _joint_mlm(model, tokenizer, input_ids[normal], attention_mask[normal], config, gen)
             losses["loss"] = losses["loss"] + args.mlm_weight * mlm
@@ -368,7 +383,8 @@ def oneclass_phase(
         assert out.loss is not None and out.cls_loss is not None
         losses = {"loss": out.loss, "bce": out.cls_loss.detach(), "lb": out.aux_loss.detach()}
         if args.mlm_weight > 0:
-            mlm = _joint_mlm(model, tokenizer, input_ids[: len(idx)], attention_mask[: len(idx)], config, gen)
+            rows = min(len(idx), args.mlm_rows)
+            mlm = _joint_mlm(model, tokenizer, input_ids[:rows], attention_mask[:rows], config, gen)
             losses["loss"] = losses["loss"] + args.mlm_weight * mlm
             losses["mlm"] = mlm.detach()
         return losses
@@ -536,6 +552,8 @@ def train_detector(args: TrainArgs) -> Path:
     history: dict[str, Any] = {}
     mlm_phase(model, tokenizer, mlm_texts, args, config, rng, gen, history, mlm_epoch)
     t_mlm = time.perf_counter()
+    # the head phase trains the upper layers, the MoE and the heads: no backward through the lower ones
+    model.freeze_lower(max(config.freeze_layers, args.head_freeze_layers))
     if args.unsupervised:
         oneclass_phase(model, tokenizer, list(unique_normal.values()), args, config, rng, gen, history)
     else:
@@ -546,6 +564,7 @@ def train_detector(args: TrainArgs) -> Path:
         )
         supervised_phase(model, tokenizer, labeled, args, config, rng, gen, history)
     t_head = time.perf_counter()
+    model.freeze_lower(config.freeze_layers)
     model.eval()
 
     detector = MoEBertDetector(model, tokenizer, normalizer)
@@ -601,7 +620,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     for name in (
         "encoder", "epochs", "mlm_epochs", "mlm_max_sequences", "batch_size", "lr", "head_lr", "max_length",
         "num_encoder_layers", "freeze_layers", "pooling", "contamination", "knn_k", "bank_size",
-        "recon_reduce", "mlm_vocab", "dense_fraction", "mlm_weight", "seed", "threads", "device",
+        "recon_reduce", "mlm_vocab", "dense_fraction", "mlm_weight", "mlm_rows", "head_freeze_layers", "augment",
+        "seed", "threads", "device",
     ):  # fmt: skip
         value = getattr(defaults, name)
         kind = type(value) if value is not None else int
