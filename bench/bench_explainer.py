@@ -5,10 +5,16 @@
 
 Sets OMP_WAIT_POLICY=PASSIVE (re-executing itself where it was not set: OpenMP reads it at
 load) and prints it with the thread count, since spin-waiting threads on a small shared CPU run
-several times slower. Training is timed on a freshly loaded base (QLoRA NF4 + LoRA r=16, the
-defaults of ``train-large``); the first step is reported apart (warm-up). Inference loads
+several times slower. Training is timed on a freshly loaded base with the defaults of
+``train-large`` (QLoRA NF4, LoRA r=16 on the top ``lora_layers`` layers, the same share of
+labels-only examples, batch 4); the first step is reported apart (warm-up). Inference loads
 ``--model`` (an explainer folder; the untuned base where absent) and times full explanations
 (label scoring + generation) and label scoring alone. Figures only, no assertions.
+
+``--from-run DIR`` prints the same figures from a finished ``train-large`` folder instead
+(its metrics.json, and eval.json where ``evaluate-large`` wrote one), measuring nothing:
+
+    .venv/bin/python bench/bench_explainer.py --from-run artifacts/explainer
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from large_model.bundled import resolve_base  # noqa: E402
-from large_model.encoding import PromptEncoder, load_examples, split_examples  # noqa: E402
+from large_model.encoding import PromptEncoder, keeps_text, load_examples, split_examples  # noqa: E402
 from large_model.inference import Explainer  # noqa: E402
 from large_model.quant import load_for_training  # noqa: E402
 from large_model.schema import LabelSet  # noqa: E402
-from large_model.train import _collate, step_loss  # noqa: E402
+from large_model.train import TrainLargeArgs, _collate, step_loss  # noqa: E402
+
+DEFAULTS = TrainLargeArgs()
 
 
 def _peak_rss_gib() -> float:
@@ -49,12 +57,25 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, obje
     examples = load_examples(args.data, labels)
     train, _ = split_examples(examples, 0.2, 42)
     base_path, base_name = resolve_base(args.base)
-    tm = load_for_training(base_path, device=args.device, compute_dtype=args.dtype, quantize=not args.no_quant)
-    encoder = PromptEncoder(tm.tokenizer, labels, 1024)
+    tm = load_for_training(
+        base_path,
+        device=args.device,
+        compute_dtype=args.dtype,
+        quantize=not args.no_quant,
+        lora_layers=args.lora_layers,
+        max_seq_len=args.max_seq_len,
+    )
+    encoder = PromptEncoder(tm.tokenizer, labels, DEFAULTS.max_prompt_tokens)
     encoded = [
-        encoder.encode_weighted(e, args.max_seq_len, 3.0) for e in train[: args.batch_size * (args.train_steps + 1)]
+        encoder.encode_weighted(
+            e,
+            args.max_seq_len,
+            DEFAULTS.label_weight,
+            labels_only=not keeps_text(e.sequence_id, DEFAULTS.text_fraction, DEFAULTS.seed),
+        )
+        for e in train[: args.batch_size * (args.train_steps + 1)]
     ]
-    optimizer = torch.optim.AdamW([p for p in tm.model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = torch.optim.AdamW([p for p in tm.model.parameters() if p.requires_grad], lr=DEFAULTS.lr)
     tm.model.train()
     times, tokens = [], []
     for step in range(args.train_steps + 1):
@@ -77,6 +98,7 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, obje
         "quantization": tm.quantization,
         "compute_dtype": str(tm.compute_dtype).replace("torch.", ""),
         "batch_size": args.batch_size,
+        "lora_layers": args.lora_layers,
         "mean_tokens_per_sequence": sum(tokens) / len(tokens) / args.batch_size,
         "first_step_s": times[0],
         "seconds_per_step": secs / len(steady),
@@ -123,6 +145,50 @@ def bench_inference(args: argparse.Namespace, labels: LabelSet) -> dict[str, obj
     }
 
 
+def figures_from_run(folder: Path) -> dict[str, object]:
+    """Training and inference figures of a finished run, read from its metrics.json and eval.json."""
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    out: dict[str, object] = {
+        "train": {
+            key: metrics.get(key)
+            for key in (
+                "base",
+                "backend",
+                "quantization",
+                "device",
+                "lora_layers",
+                "batch_size",
+                "steps",
+                "max_steps",
+                "stopped_by_time",
+                "examples_seen",
+                "train_seconds",
+                "total_seconds",
+                "steps_per_second",
+                "tokens_per_second",
+                "cuda_peak_gib",
+            )
+        }
+    }
+    eval_file = folder / "eval.json"
+    if eval_file.is_file():
+        reports = json.loads(eval_file.read_text(encoding="utf-8"))["reports"]
+        out["inference"] = {
+            name: {
+                "n": r["n"],
+                "n_generated": r["n_generated"],
+                "explanations_per_s": 1 / r["latency_mean_s"] if r["latency_mean_s"] else None,
+                "seconds_per_explanation": r["latency_mean_s"],
+                "label_scorings_per_s": 1 / r["label_scoring_mean_s"] if r.get("label_scoring_mean_s") else None,
+                "category_accuracy": r["category_accuracy"],
+                "severity_accuracy": r["severity_accuracy"],
+                "schema_valid_rate": r["schema_valid_rate"],
+            }
+            for name, r in reports.items()
+        }
+    return out
+
+
 def main() -> None:
     """Parse flags, run both benchmarks, print the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -133,14 +199,19 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--no-quant", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-seq-len", type=int, default=768)
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    parser.add_argument("--lora-layers", type=int, default=DEFAULTS.lora_layers, help="0: every layer")
+    parser.add_argument("--max-seq-len", type=int, default=DEFAULTS.max_seq_len)
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--explain-n", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--from-run", type=Path, default=None, help="print a finished run's figures, measure nothing")
     args = parser.parse_args()
+    if args.from_run is not None:
+        print(json.dumps(figures_from_run(args.from_run), indent=2))
+        return
     logging.basicConfig(level=logging.WARNING)
     labels_path = args.labels or args.data.parent / "labels.json"
     labels = LabelSet.from_json(labels_path) if labels_path.is_file() else LabelSet()

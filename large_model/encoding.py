@@ -22,7 +22,7 @@ from large_model.schema import LabelSet
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = 2  # 2: head-of-line timestamps as offsets from the first
+PROMPT_VERSION = 3  # 2: head-of-line timestamps as offsets; 3: compact instructions, ms offsets, short hex ids
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -53,12 +53,18 @@ class PromptEncoder:
     """Builds and tokenizes prompts that fit a token budget."""
 
     def __init__(
-        self, tokenizer: Any, labels: LabelSet, max_prompt_tokens: int = 1024, relative_time: bool = True
+        self,
+        tokenizer: Any,
+        labels: LabelSet,
+        max_prompt_tokens: int = 1024,
+        relative_time: bool = True,
+        short_ids: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_prompt_tokens = max_prompt_tokens
         self.relative_time = relative_time
+        self.short_ids = short_ids
         self._overhead: dict[tuple[str, str], int] = {}
 
     def count(self, text: str) -> int:
@@ -82,6 +88,8 @@ class PromptEncoder:
         lines = prompts.clean_lines(log_entries)
         if self.relative_time:
             lines = prompts.relative_timestamps(lines)
+        if self.short_ids:
+            lines = [prompts.shorten_ids(line) for line in lines]
         key = (lang, prompts.format_context(context, lang))
         if key not in self._overhead:
             bare = prompts.build_messages([], lang, self.labels.categories, self.labels.severities, context)
@@ -117,11 +125,16 @@ class PromptEncoder:
         return ids, labels
 
     def encode_weighted(
-        self, example: Example, max_seq_len: int, label_weight: float = 1.0
+        self, example: Example, max_seq_len: int, label_weight: float = 1.0, labels_only: bool = False
     ) -> tuple[list[int], list[int], list[float]]:
         """``(input_ids, labels, weights)``: weights 0 on the prompt, 1 on the answer, ``label_weight`` on
-        the tokens of the category and severity values (and the quote closing them)."""
-        answer_ids = self.tokenizer(example.target, add_special_tokens=False)["input_ids"]
+        the tokens of the category and severity values (and the quote closing them).
+
+        ``labels_only``: the answer stops after the severity (``{"category": "..", "severity": "..",``),
+        with no end of turn: the example teaches the labels at a fraction of the tokens.
+        """
+        target = prompts.labels_target(example.category, example.severity) if labels_only else example.target
+        answer_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
         eot = end_of_turn_id(self.tokenizer)
         if example.log_entries is not None:
             messages, _ = self.messages(
@@ -133,12 +146,12 @@ class PromptEncoder:
             messages = example.messages
         prompt = self.render(messages)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = self.tokenizer(prompt + example.target, add_special_tokens=False, return_offsets_mapping=True)
+        full = self.tokenizer(prompt + target, add_special_tokens=False, return_offsets_mapping=True)
         full_ids = list(full["input_ids"])
         offsets = list(full.get("offset_mapping") or [])
         if full_ids[: len(prompt_ids)] != prompt_ids:  # a merge across the boundary: keep the two parts apart
             full_ids, offsets = prompt_ids + answer_ids, []
-        weights = [0.0] * len(prompt_ids) + [1.0] * (len(full_ids) - len(prompt_ids)) + [1.0]
+        weights = [0.0] * len(prompt_ids) + [1.0] * (len(full_ids) - len(prompt_ids)) + ([] if labels_only else [1.0])
         if label_weight != 1.0 and offsets:
             start = len(prompt)
             spans = [
@@ -155,7 +168,8 @@ class PromptEncoder:
                 lo, hi = offsets[i]
                 if any(lo < b and hi > a for a, b in spans):
                     weights[i] = label_weight
-        full_ids = [*full_ids, eot]
+        if not labels_only:
+            full_ids = [*full_ids, eot]
         labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids) :]
         if len(full_ids) > max_seq_len:
             raise DataError(f"example {example.sequence_id} needs {len(full_ids)} tokens, more than {max_seq_len}")
@@ -165,6 +179,11 @@ class PromptEncoder:
 def _holdout(sequence_id: str, fraction: float, seed: int) -> bool:
     digest = hashlib.sha256(f"{seed}:{sequence_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def keeps_text(sequence_id: str, fraction: float, seed: int) -> bool:
+    """Whether a training example keeps its whole answer (else labels only): a hash of its id below ``fraction``."""
+    return fraction >= 1.0 or _holdout(sequence_id, fraction, seed + 1)
 
 
 def split_examples(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

@@ -42,14 +42,38 @@ class _Tokenizer:
         return _TOKEN.findall(text.lower())
 
 
+def _lcs_f1(prediction: list[str], reference: list[str]) -> float:
+    """ROUGE-L F1 from the longest common subsequence (what rouge-score computes)."""
+    if not prediction or not reference:
+        return 0.0
+    previous = [0] * (len(reference) + 1)
+    for token in prediction:
+        current = [0]
+        for j, ref_token in enumerate(reference):
+            current.append(previous[j] + 1 if token == ref_token else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(prediction), lcs / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 of predictions against references."""
+    """Mean ROUGE-L F1 of predictions against references (rouge-score where installed, else the same LCS here)."""
     if not predictions:
         return 0.0
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
-    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+    tokenizer = _Tokenizer()
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:  # e.g. a GPU machine with only the wheels carried to it
+        scores = [
+            _lcs_f1(tokenizer.tokenize(pred), tokenizer.tokenize(ref))
+            for pred, ref in zip(predictions, references, strict=True)
+        ]
+    else:
+        scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=tokenizer)
+        scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
     return float(sum(scores) / len(scores))
 
 

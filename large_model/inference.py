@@ -231,6 +231,7 @@ class Explainer:
         max_prompt_tokens: int = 1024,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         relative_time: bool = True,
+        short_ids: bool = True,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -243,7 +244,7 @@ class Explainer:
         self.max_prompt_tokens = min(max_prompt_tokens, context - max_new_tokens - ANSWER_RESERVE)
         if self.max_prompt_tokens < 64:
             raise ModelError(f"the model's context ({context} tokens) is too small for the explainer")
-        self.encoder = PromptEncoder(tokenizer, labels, self.max_prompt_tokens, relative_time)
+        self.encoder = PromptEncoder(tokenizer, labels, self.max_prompt_tokens, relative_time, short_ids)
         stops = {end_of_turn_id(tokenizer)}
         if tokenizer.eos_token_id is not None:
             stops.add(int(tokenizer.eos_token_id))
@@ -304,6 +305,7 @@ class Explainer:
             max_prompt_tokens=int(meta.get("max_prompt_tokens", 1024)),
             max_new_tokens=max_new_tokens,
             relative_time=bool(meta.get("relative_time", False)),
+            short_ids=bool(meta.get("short_ids", False)),
         )
 
     def explain(

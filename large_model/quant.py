@@ -94,9 +94,16 @@ def get_quantization_config(compute_dtype: torch.dtype = torch.bfloat16, double_
 
 
 def get_lora_config(
-    r: int = 16, alpha: int | None = None, dropout: float = 0.05, target_modules: list[str] | str = "all-linear"
+    r: int = 16,
+    alpha: int | None = None,
+    dropout: float = 0.05,
+    target_modules: list[str] | str = "all-linear",
+    layers: list[int] | None = None,
 ) -> Any:
-    """LoRA of rank ``r`` (alpha defaults to 2r) on every linear layer but the output head."""
+    """LoRA of rank ``r`` (alpha defaults to 2r) on every linear layer but the output head.
+
+    ``layers``: the decoder layers that get adapters (all where None).
+    """
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -104,9 +111,18 @@ def get_lora_config(
         lora_alpha=alpha if alpha is not None else 2 * r,
         lora_dropout=dropout,
         target_modules=target_modules,
+        layers_to_transform=layers,
+        layers_pattern="layers" if layers is not None else None,
         bias="none",
         task_type=TaskType.CAUSAL_LM,
     )
+
+
+def top_layers(num_layers: int, lora_layers: int) -> list[int] | None:
+    """The indices of the top ``lora_layers`` decoder layers (None: all of them)."""
+    if lora_layers <= 0 or lora_layers >= num_layers:
+        return None
+    return list(range(num_layers - lora_layers, num_layers))
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -174,11 +190,16 @@ def load_for_training(
     lora_r: int = 16,
     lora_alpha: int | None = None,
     lora_dropout: float = 0.05,
-    gradient_checkpointing: bool = True,
+    gradient_checkpointing: bool = False,
     max_seq_len: int = 1024,
     seed: int = 42,
+    lora_layers: int = 0,
 ) -> TrainingModel:
     """A freshly loaded base with LoRA attached: NF4 (QLoRA) where bitsandbytes works, else plain LoRA.
+
+    ``lora_layers`` > 0 puts the adapters on the top that many decoder layers only: nothing
+    below them needs a gradient, so autograd records nothing there and the backward pass
+    stops at the first adapted layer (the inputs are never made to require grad).
 
     Load a fresh model for every run: on CPU a 4-bit model that already ran an inference
     forward fails to train layers with a bias (DESIGN.md).
@@ -188,7 +209,9 @@ def load_for_training(
     chosen = choose_backend(backend, dev)
     torch.manual_seed(seed)
     if chosen == "unsloth":
-        return _load_unsloth(base_path, quantize, dtype, lora_r, lora_alpha, lora_dropout, max_seq_len, seed)
+        return _load_unsloth(
+            base_path, quantize, dtype, lora_r, lora_alpha, lora_dropout, max_seq_len, seed, lora_layers
+        )
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
@@ -207,24 +230,31 @@ def load_for_training(
     if not use_bnb:
         model = model.to(dev)  # type: ignore[arg-type]
     model.config.use_cache = False
+    layers = top_layers(int(model.config.num_hidden_layers), lora_layers)
     if use_bnb:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gradient_checkpointing:
+        # prepare_model_for_kbit_training makes the inputs require grad when checkpointing, which
+        # would run the backward through every layer: checkpoint by hand instead
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        if layers is None:
+            model.enable_input_require_grads()
     targets = linear_module_names(model) or "all-linear"
-    model = get_peft_model(model, get_lora_config(lora_r, lora_alpha, lora_dropout, targets))
+    model = get_peft_model(model, get_lora_config(lora_r, lora_alpha, lora_dropout, targets, layers))
     trainable, total = model.get_nb_trainable_parameters()
-    info = {"trainable_params": int(trainable), "total_params": int(total)}
+    info = {
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "lora_layers": len(layers) if layers else int(model.config.num_hidden_layers),
+    }
     log.info(
-        "backend peft, %s, compute %s on %s: %d trainable of %d parameters",
+        "backend peft, %s, compute %s on %s, LoRA on %s: %d trainable of %d parameters",
         "QLoRA NF4" if use_bnb else "plain LoRA",
         str(dtype).replace("torch.", ""),
         dev,
+        f"the top {len(layers)} layers" if layers else "every layer",
         trainable,
         total,
     )
@@ -240,6 +270,7 @@ def _load_unsloth(
     lora_dropout: float,
     max_seq_len: int,
     seed: int,
+    lora_layers: int = 0,
 ) -> TrainingModel:
     try:
         from unsloth import FastLanguageModel  # heavy, GPU-only: imported here alone
@@ -250,8 +281,11 @@ def _load_unsloth(
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    layers = top_layers(int(model.config.num_hidden_layers), lora_layers)
     model = FastLanguageModel.get_peft_model(
         model,
+        layers_to_transform=layers,
+        layers_pattern="layers" if layers is not None else None,
         r=lora_r,
         lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
         lora_dropout=lora_dropout,
@@ -261,5 +295,9 @@ def _load_unsloth(
         random_state=seed,
     )
     trainable, total = model.get_nb_trainable_parameters()
-    info = {"trainable_params": int(trainable), "total_params": int(total)}
+    info = {
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "lora_layers": len(layers) if layers else int(model.config.num_hidden_layers),
+    }
     return TrainingModel(model, tokenizer, "unsloth", "nf4" if quantize else "none", dtype, "cuda", info)

@@ -38,7 +38,7 @@ import torch
 from core.errors import DataError, LogTriageError, ModelError
 from core.io import write_json, write_jsonl
 from large_model.bundled import resolve_base
-from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, load_examples, split_examples
+from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, keeps_text, load_examples, split_examples
 from large_model.quant import BACKENDS, TrainingModel, load_for_training
 from large_model.schema import LabelSet
 
@@ -63,12 +63,15 @@ class TrainLargeArgs:
     lora_r: int = 16
     lora_alpha: int | None = None
     lora_dropout: float = 0.05
-    lr: float = 1e-3
+    lr: float = 8e-3
     label_weight: float = 3.0  # loss weight of the category and severity tokens (1: plain mean)
+    lora_layers: int = 8  # LoRA on the top N decoder layers only (0: all): no backward below them
+    text_fraction: float = 0.25  # share of examples that keep the whole answer; the rest teach the labels only
     batch_size: int = 4
     grad_accum: int = 1
-    max_steps: int = 40
-    warmup_steps: int = 3
+    max_steps: int = 112
+    max_minutes: float = 26.0  # the training loop stops at this budget (0: none): the run fits 30 minutes
+    warmup_steps: int = 6
     weight_decay: float = 0.0
     max_seq_len: int = 1344
     max_prompt_tokens: int = 1344
@@ -77,7 +80,7 @@ class TrainLargeArgs:
     save_every: int = 10
     keep_checkpoints: int = 2
     resume: bool = False
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = False
     seed: int = 42
     progress: bool = True
 
@@ -89,30 +92,45 @@ def _labels_for(args: TrainLargeArgs) -> LabelSet:
     return LabelSet.from_json(beside) if beside.is_file() else LabelSet()
 
 
-def _lr_at(step: int, args: TrainLargeArgs) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+def _lr_at(step: int, args: TrainLargeArgs, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak, by steps or by the time budget used, whichever is further."""
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
     span = max(1, args.max_steps - args.warmup_steps)
-    progress = min(1.0, (step - args.warmup_steps) / span)
+    progress = min(1.0, max((step - args.warmup_steps) / span, time_fraction))
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _batches(n: int, batch_size: int, seed: int, start_step: int, steps: int) -> list[list[int]]:
-    """The index batches of steps ``start_step..steps-1``: epoch-wise shuffles, reproducible from the seed."""
+BUCKET_BATCHES = 8  # batches drawn together and grouped by length (less padding)
+
+
+def _batches(
+    n: int, batch_size: int, seed: int, start_step: int, steps: int, lengths: Sequence[int] | None = None
+) -> list[list[int]]:
+    """The index batches of steps ``start_step..steps-1``: epoch-wise shuffles, reproducible from the seed.
+
+    With ``lengths``, every run of :data:`BUCKET_BATCHES` batches is regrouped by length (padding
+    costs compute on a CPU), then put back in a shuffled order.
+    """
     out: list[list[int]] = []
     order: list[int] = []
     epoch = 0
+    rng = random.Random(seed)
     while len(out) < steps:
-        if len(order) < batch_size:
+        if len(order) < batch_size * BUCKET_BATCHES:
             perm = list(range(n))
             random.Random(seed + epoch).shuffle(perm)
             order.extend(perm)
             epoch += 1
             continue
-        out.append(order[:batch_size])
-        order = order[batch_size:]
-    return out[start_step:]
+        window, order = order[: batch_size * BUCKET_BATCHES], order[batch_size * BUCKET_BATCHES :]
+        if lengths is not None:
+            window.sort(key=lambda i: lengths[i])
+        group = [window[k : k + batch_size] for k in range(0, len(window), batch_size)]
+        if lengths is not None:
+            rng.shuffle(group)
+        out.extend(group)
+    return out[start_step:steps]
 
 
 def _collate(items: Sequence[Sequence[Sequence[Any]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
@@ -271,16 +289,30 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         gradient_checkpointing=args.gradient_checkpointing,
         max_seq_len=args.max_seq_len,
         seed=args.seed,
+        lora_layers=args.lora_layers,
     )
     encoder = PromptEncoder(tm.tokenizer, labels, args.max_prompt_tokens)
-    encoded = [encoder.encode_weighted(e, args.max_seq_len, args.label_weight) for e in train_set]
-    answer_tokens = sum(sum(1 for x in labs if x != -100) for _, labs, _ in encoded)
+    # only the examples the plan reaches are encoded
+    whole_windows = -(-args.max_steps // BUCKET_BATCHES) * BUCKET_BATCHES
+    plan = _batches(len(train_set), args.batch_size * args.grad_accum, args.seed, 0, whole_windows)
+    used = sorted({i for batch in plan for i in batch})
+    with_text = sum(keeps_text(train_set[i].sequence_id, args.text_fraction, args.seed) for i in used)
+    encoded_by: dict[int, tuple[list[int], list[int], list[float]]] = {}
+    for i in used:
+        e = train_set[i]
+        full = keeps_text(e.sequence_id, args.text_fraction, args.seed)
+        encoded_by[i] = encoder.encode_weighted(e, args.max_seq_len, args.label_weight, labels_only=not full)
+    answer_tokens = sum(sum(1 for x in labs if x != -100) for _, labs, _ in encoded_by.values())
     log.info(
-        "%d training examples (%d held out), mean %.0f tokens, %.0f answer tokens",
-        len(encoded),
+        "%d training examples (%d held out); %d encoded for up to %d steps (%d with the whole answer, the rest "
+        "labels only), mean %.0f tokens, %.0f answer tokens",
+        len(train_set),
         len(held),
-        sum(len(ids) for ids, _, _ in encoded) / len(encoded),
-        answer_tokens / len(encoded),
+        len(used),
+        args.max_steps,
+        with_text,
+        sum(len(ids) for ids, _, _ in encoded_by.values()) / len(used),
+        answer_tokens / len(used),
     )
     model = tm.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -300,7 +332,8 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
             log.info("resumed from %s (step %d)", checkpoint, start_step)
     pad_id = tm.tokenizer.pad_token_id
     micro = args.batch_size * args.grad_accum
-    plan = _batches(len(encoded), micro, args.seed, start_step, args.max_steps)
+    lengths = [len(encoded_by[i][0]) if i in encoded_by else 0 for i in range(len(train_set))]
+    plan = _batches(len(train_set), micro, args.seed, start_step, args.max_steps, lengths)
     model.train()
     tokens_seen = 0
     loop_started = time.perf_counter()
@@ -308,13 +341,31 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
 
     bar = tqdm(total=args.max_steps, initial=start_step, desc="train-large", unit="step", disable=not args.progress)
     step = start_step
+    budget = args.max_minutes * 60
+    stopped_by_time = False
+    last_step_seconds = 0.0
+    seen: set[int] = set()
     for indices in plan:
+        step_started = time.perf_counter()
+        elapsed = prior_seconds + step_started - loop_started
+        if budget > 0 and step > start_step and elapsed + last_step_seconds > budget:
+            log.info(
+                "time budget of %.1f minutes reached after %d of %d steps: stopping (--max-minutes)",
+                args.max_minutes,
+                step,
+                args.max_steps,
+            )
+            stopped_by_time = True
+            break
+        time_fraction = elapsed / budget if budget > 0 else 0.0
+        lr = _lr_at(step, args, time_fraction)
         for group in param_groups(optimizer):
-            group["lr"] = _lr_at(step, args)
+            group["lr"] = lr
         total_loss = 0.0
         for part in range(args.grad_accum):
             chunk = indices[part * args.batch_size : (part + 1) * args.batch_size]
-            batch = _collate([encoded[i] for i in chunk], pad_id, tm.device)
+            seen.update(chunk)
+            batch = _collate([encoded_by[i] for i in chunk], pad_id, tm.device)
             loss = step_loss(tm, batch) / args.grad_accum
             if not torch.isfinite(loss):
                 raise ModelError(f"the loss became {loss.item()} at step {step}: lower --lr")
@@ -325,7 +376,8 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        history.append({"step": step, "loss": round(total_loss, 5), "lr": _lr_at(step - 1, args)})
+        history.append({"step": step, "loss": round(total_loss, 5), "lr": lr})
+        last_step_seconds = time.perf_counter() - step_started
         bar.set_postfix(loss=f"{total_loss:.4f}")
         bar.update(1)
         if args.save_every > 0 and (step % args.save_every == 0 or step == args.max_steps):
@@ -334,6 +386,11 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
                 tm, optimizer, output, step, {"history": history, "train_seconds": elapsed}, args.keep_checkpoints
             )
     bar.close()
+    if stopped_by_time and args.save_every > 0 and step % args.save_every != 0:
+        elapsed = prior_seconds + time.perf_counter() - loop_started
+        _save_checkpoint(
+            tm, optimizer, output, step, {"history": history, "train_seconds": elapsed}, args.keep_checkpoints
+        )
     train_seconds = prior_seconds + time.perf_counter() - loop_started
     steps_run = step - start_step
     loop_seconds = time.perf_counter() - loop_started
@@ -351,6 +408,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "prompt_version": PROMPT_VERSION,
         "max_prompt_tokens": args.max_prompt_tokens,
         "relative_time": encoder.relative_time,
+        "short_ids": encoder.short_ids,
         "langs": sorted({e.lang for e in examples}),
     }
     write_json(output / EXPLAINER_META, meta)
@@ -360,10 +418,14 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "quantization": tm.quantization,
         "device": tm.device,
         "steps": step,
+        "max_steps": args.max_steps,
+        "stopped_by_time": stopped_by_time,
         "batch_size": args.batch_size,
         "grad_accum": args.grad_accum,
         "lr": args.lr,
-        "train_examples": len(encoded),
+        "train_examples": len(train_set),
+        "examples_seen": len(seen),  # by the steps of this run (a resumed run: since the resume)
+        "examples_with_text": with_text,
         "heldout_examples": len(held),
         "final_loss": history[-1]["loss"] if history else None,
         "first_loss": history[0]["loss"] if history else None,
@@ -372,6 +434,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "steps_per_second": round(steps_run / loop_seconds, 4) if loop_seconds > 0 else None,
         "tokens_per_second": round(tokens_seen / loop_seconds, 2) if loop_seconds > 0 else None,
         "resumed_from_step": start_step,
+        "cuda_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if tm.device.startswith("cuda") else None,
         **tm.info,
         "args": {f.name: _jsonable(getattr(args, f.name)) for f in fields(args)},
         "history": history,
@@ -414,9 +477,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--label-weight", type=float, default=d.label_weight, help="loss weight of label tokens")
+    parser.add_argument(
+        "--lora-layers", type=int, default=d.lora_layers, help="LoRA on the top N decoder layers only (0: all)"
+    )
+    parser.add_argument(
+        "--text-fraction",
+        type=float,
+        default=d.text_fraction,
+        help="share of examples trained on the whole answer (the rest: category and severity only)",
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
     parser.add_argument("--max-steps", type=int, default=d.max_steps)
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=d.max_minutes,
+        help="stop the training loop after this many minutes (0: no limit); the LR schedule follows",
+    )
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
@@ -426,7 +504,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: never)")
     parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser

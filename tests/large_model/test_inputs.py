@@ -167,13 +167,18 @@ def test_relative_timestamps() -> None:
         "2024-05-26T02:07:29.000Z [gateway] INFO: earlier",
     ]
     assert prompts.relative_timestamps(lines) == [
-        "+0.000s INFO [orders] start",
+        "+0ms INFO [orders] start",
         "+0s pg-01 database[1]: INFO write",  # whole seconds: compared as whole seconds
-        "+2.841s payments INFO ok",
+        "+2841ms payments INFO ok",
         "no timestamp here",
-        "-1.790s [gateway] INFO: earlier",  # out of order shows as a negative offset
+        "-1790ms [gateway] INFO: earlier",  # out of order shows as a negative offset
     ]
     assert prompts.relative_timestamps(["2024-13-45 99:99:99 bad"]) == ["2024-13-45 99:99:99 bad"]
+
+
+def test_hex_ids_are_shortened() -> None:
+    line = "request_id=req-9920fbc02a trace_id=72ff3729d5e05d8d pi_19433a82ea offset=924347 deadbeefcafe"
+    assert prompts.shorten_ids(line) == "request_id=req-9920 trace_id=72ff pi_1943 offset=924347 deadbeefcafe"
 
 
 def test_label_tokens_get_the_label_weight(tiny_base: Path, toy_split: tuple[list, list]) -> None:
@@ -187,3 +192,29 @@ def test_label_tokens_get_the_label_weight(tiny_base: Path, toy_split: tuple[lis
     assert example.category in heavy and example.severity in heavy
     assert all(w == 0.0 for w, lab in zip(weights, labels, strict=True) if lab == -100)
     assert sum(1 for w in weights if w > 0) == sum(1 for lab in labels if lab != -100)
+
+
+def test_labels_only_examples_end_after_the_severity(tiny_base: Path, toy_split: tuple[list, list]) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    encoder = PromptEncoder(tokenizer, TOY_LABELS, 512)
+    example = toy_split[0][0]
+    ids, labels, _ = encoder.encode_weighted(example, 512, label_weight=3.0, labels_only=True)
+    answer = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert answer == prompts.labels_target(example.category, example.severity)
+    assert example.target.startswith(answer)
+    full_ids, _, _ = encoder.encode_weighted(example, 512)
+    assert len(ids) < len(full_ids) and full_ids[: len(ids)] == ids
+
+
+def test_rouge_fallback_matches_rouge_score() -> None:
+    from large_model.evaluate import _lcs_f1, _Tokenizer, rouge_l
+
+    tok = _Tokenizer()
+    for pred, ref in [
+        ("restart the pod", "restart the pod now"),
+        ("a b c d e", "e d c b a"),
+        ("扩容 订单", "扩容订单服务"),
+    ]:
+        assert abs(_lcs_f1(tok.tokenize(pred), tok.tokenize(ref)) - rouge_l([pred], [ref])) < 1e-9

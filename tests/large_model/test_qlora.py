@@ -103,3 +103,37 @@ def test_unknown_backend_is_a_clear_error(tiny_base: Path) -> None:
         load_for_training(str(tiny_base), backend="nope", device="cpu")
     with pytest.raises(ModelError, match="unsloth"):
         load_for_training(str(tiny_base), backend="unsloth", device="cpu")
+
+
+def test_lora_on_the_top_layers_only_stops_the_backward_there(tiny_base: Path) -> None:
+    tm = load_for_training(str(tiny_base), backend="peft", device="cpu", compute_dtype="fp32", lora_layers=1)
+    adapted = {name for name, mod in tm.model.named_modules() if hasattr(mod, "lora_A") and hasattr(mod, "base_layer")}
+    assert adapted and all(".layers.1." in name for name in adapted)
+    assert tm.info["lora_layers"] == 1
+    seen: list[bool] = []
+    first = tm.model.get_base_model().model.layers[0]
+    first.register_forward_hook(
+        lambda _m, _i, out: seen.append((out[0] if isinstance(out, tuple) else out).requires_grad)
+    )
+    ids = torch.tensor([[5, 6, 7, 8]])
+    tm.model(input_ids=ids).logits.sum().backward()
+    assert seen == [False]  # nothing below the adapted layer is recorded for the backward
+    assert all(p.grad is not None for n, p in tm.model.named_parameters() if p.requires_grad)
+
+
+def test_time_budget_stops_the_loop_after_the_first_step(tiny_base: Path, toy_data: Path, tmp_path: Path) -> None:
+    args = TrainLargeArgs(
+        data=toy_data,
+        output=tmp_path / "budget",
+        base=str(tiny_base),
+        backend="peft",
+        device="cpu",
+        dtype="fp32",
+        max_steps=6,
+        max_minutes=1e-9,
+        save_every=0,
+        progress=False,
+    )
+    metrics = run_training(args).metrics
+    assert metrics["stopped_by_time"] and metrics["steps"] == 1
+    assert (tmp_path / "budget" / "adapter_model.safetensors").is_file()
