@@ -33,7 +33,6 @@ def test_add_commands_registers_three_handlers() -> None:
     assert args_from_namespace(ns) == TrainLargeArgs()  # the flags' defaults are the dataclass's
 
 
-@pytest.mark.slow  # model-quality check; fails today on the tiny model (see the stop-7 note), runs with `make test-slow`
 def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = [
         "INFO auth handling request 7",
@@ -49,7 +48,6 @@ def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pyte
     assert out["suggested_response"] and out["model"] and out["base"]
 
 
-@pytest.mark.slow  # model-quality check; fails today on the tiny model (see the stop-7 note), runs with `make test-slow`
 def test_explain_reads_plain_log_files_with_bad_bytes(
     label_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
