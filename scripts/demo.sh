@@ -23,16 +23,22 @@ else
   echo "loghub samples not found at $LOGHUB (set LOGTRIAGE_LOGHUB); skipping"
 fi
 
-step "3. the detector: MoE-BERT on the bundled all-MiniLM-L6-v2, supervised (about 15 min on 2 cores)"
+step "3. the detector: MoE-BERT on the bundled all-MiniLM-L6-v2, supervised (the longest step: see bench/detector_results.md)"
 [ -f artifacts/detector/config.json ] || $LT train-small --train data/splits/train.json --val data/splits/val.json \
   --test data/splits/test.json --out artifacts/detector
 
-step "4. the explainer: QLoRA fine-tune of the bundled SmolLM2-135M-Instruct (about 30 min on 2 cores)"
+step "4. anomaly categories without labels: DeepLog features + Birch on the training anomalies"
+[ -f artifacts/cluster/clusters.json ] || $LT cluster \
+  --data data/splits/train.json --normal data/splits/train_normal.json --detector artifacts/deeplog \
+  --train-detector --anomalies-only -o artifacts/cluster
+
+step "5. the explainer: QLoRA fine-tune of the bundled SmolLM2-135M-Instruct (about 30 min on 2 cores)"
 [ -f artifacts/explainer/adapter_config.json ] || $LT train-large --data data/instructions_chat.jsonl \
   --output artifacts/explainer
 
-step "5. the service, with a sample detection and its explanation"
+step "6. the service, with a sample detection and its explanation"
 PORT=${LOGTRIAGE_PORT:-8000}
+export LOGTRIAGE_CLUSTER_PATH=${LOGTRIAGE_CLUSTER_PATH:-artifacts/cluster}
 export LOGTRIAGE_DATABASE_URL=${LOGTRIAGE_DATABASE_URL:-sqlite+aiosqlite:///./data/logtriage.db}
 if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
   echo "something already answers on port $PORT; set LOGTRIAGE_PORT" >&2; exit 1
