@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ import numpy as np
 import torch
 
 from core.io import read_records
-from small_model.deeplog import DeepLogDetector, train_deeplog
-from small_model.evaluate import compare_table, deeplog_trainer, evaluate_bgl, evaluate_detector
+from small_model.deeplog import DeepLogDetector
+from small_model.evaluate import compare_table, deeplog_trainer, evaluate_bgl, train_evaluate_deeplog
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BGL = (
@@ -52,24 +51,13 @@ def run_synthetic(splits: Path, out: Path, calibrated: bool) -> dict[str, Any]:
     """Train on train_normal, calibrate on val (or not), evaluate on test with a report folder."""
     name = "val-calibrated" if calibrated else "no labels (classic rule)"
     folder = out / ("synthetic-calibrated" if calibrated else "synthetic-classic")
-    t0 = time.perf_counter()
-    artifact = train_deeplog(
-        splits / "train_normal.json",
-        splits / "val.json" if calibrated else None,
-        folder / "model",
-        unsupervised=not calibrated,
-        progress=False,
-    )
-    train_seconds = time.perf_counter() - t0
-    detector = DeepLogDetector.from_pretrained(artifact)
     test = read_records(splits / "test.json")
-    report = evaluate_detector(detector, test, folder / "report", title=f"deeplog {name}")
+    val = splits / "val.json" if calibrated else None
+    report, seconds = train_evaluate_deeplog(splits / "train_normal.json", val, test, folder, f"deeplog {name}")
     return {
         "model": f"deeplog ({name})",
         "data": f"synthetic {test[0].extra.get('difficulty', '?')} test",
-        "top_g": detector.config.top_g,
-        "train_seconds": round(train_seconds, 1),
-        "per_type": report["per_type"],
+        "train_seconds": round(seconds, 1),
         **report,
     }
 

@@ -35,8 +35,14 @@ import torch
 
 from core.io import read_records, write_records
 from core.schema import SequenceRecord
-from small_model.deeplog import DeepLogDetector, train_deeplog
-from small_model.evaluate import ScoringDetector, compare_table, deeplog_trainer, evaluate_bgl, evaluate_detector
+from small_model.evaluate import (
+    ScoringDetector,
+    compare_table,
+    deeplog_trainer,
+    evaluate_bgl,
+    evaluate_detector,
+    train_evaluate_deeplog,
+)
 from small_model.moe_train import TrainArgs, train_detector
 from small_model.scoring import MoEBertDetector
 
@@ -80,11 +86,7 @@ def moe(
 
 def deeplog(train: Path, val: Path | None, test: list[SequenceRecord], out: Path, name: str) -> dict[str, Any]:
     """Train the DeepLog baseline on the normal sequences of ``train`` and evaluate it on ``test``."""
-    artifact, seconds = _timed(
-        lambda: train_deeplog(train, val, out / "model", unsupervised=val is None, progress=False)
-    )
-    detector = DeepLogDetector.from_pretrained(artifact)
-    report = evaluate_detector(detector, test, out / "report", title=name)
+    report, seconds = train_evaluate_deeplog(train, val, test, out, name)
     return _row(name, "synthetic hard test", report, seconds)
 
 

@@ -70,10 +70,12 @@ class DetectorConfig:
     head_hidden: int = 64
     head_dropout: float = 0.1
     mlm_probability: float = 0.3  # more masked tokens per step: faster masked modeling on a small budget
+    mlm_line_probability: float = 0.0  # masked line modeling: each line also masked whole with this probability
     mlm_vocab: list[int] | None = None  # decoder classes: token ids seen in training (None: full vocab)
     # label-free scoring
     knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
-    recon_passes: int = 4  # deterministic masking: token i is masked in pass i % recon_passes
+    recon_passes: int = 4  # deterministic masking: token (or line) i is masked in pass i % recon_passes
+    recon_masking: Literal["tokens", "lines"] = "tokens"  # what one reconstruction pass masks
     line_separator: str = " [SEP] "
     # filled in when the model is built / saved
     encoder_config: dict[str, Any] | None = None
@@ -95,6 +97,10 @@ class DetectorConfig:
             raise ValueError(f"dense_weights must be 'uniform' or 'router', got {self.dense_weights!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 <= self.mlm_line_probability < 1.0:
+            raise ValueError(f"mlm_line_probability must be in [0, 1), got {self.mlm_line_probability}")
+        if self.recon_masking not in ("tokens", "lines"):
+            raise ValueError(f"recon_masking must be 'tokens' or 'lines', got {self.recon_masking!r}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
 

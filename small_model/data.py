@@ -114,14 +114,23 @@ def random_mlm_mask(
     vocab_size: int,
     probability: float,
     generator: torch.Generator,
+    line_probability: float = 0.0,
+    sep_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking (80% [MASK], 10% random, 10% kept) of ``probability`` of the maskable tokens.
 
+    With ``line_probability`` (and ``sep_id``) each log line is also masked whole with that
+    probability (masked line modeling): predicting a whole line from its neighbours teaches which
+    step follows which, the signal of a missing, swapped or slowed step.
     Returns ``(masked_ids, mlm_labels)``; every sequence gets at least one masked token.
     """
     can = maskable(input_ids, attention_mask, never)  # (B, T)
     draw = torch.rand(input_ids.shape, generator=generator)
     chosen = (draw < probability) & can
+    if line_probability > 0 and sep_id is not None:
+        lines = line_index(input_ids, sep_id)  # (B, T)
+        whole = torch.rand((input_ids.shape[0], int(lines.max()) + 1), generator=generator) < line_probability
+        chosen |= whole.gather(1, lines) & can  # (B, T) every token of a drawn line
     # at least one masked token per sequence: the maskable token with the lowest draw
     lowest = draw.masked_fill(~can, 2.0).argmin(dim=1)  # (B,)
     rows = can.any(dim=1)
@@ -136,14 +145,22 @@ def random_mlm_mask(
 
 
 def strided_masks(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, never: Sequence[int], mask_id: int, passes: int
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    never: Sequence[int],
+    mask_id: int,
+    passes: int,
+    sep_id: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Deterministic masking for reconstruction scores: in pass j the k-th maskable token with k % passes == j.
 
+    With ``sep_id`` whole lines instead: in pass j every token of the lines k with k % passes == j,
+    so each line is predicted from the others (a line out of place reconstructs badly).
     Over all passes each maskable token is masked exactly once, so summed NLLs are reproducible.
     """
     can = maskable(input_ids, attention_mask, never)  # (B, T)
-    rank = can.long().cumsum(dim=1) - 1  # (B, T) index of each maskable token within its row
+    # (B, T) the line of each token, or the index of each maskable token within its row
+    rank = line_index(input_ids, sep_id) if sep_id is not None else can.long().cumsum(dim=1) - 1
     out = []
     for j in range(passes):
         chosen = can & (rank % passes == j)

@@ -448,3 +448,20 @@ def deeplog_trainer(**config: Any) -> Trainer:
         return detector
 
     return train
+
+
+def train_evaluate_deeplog(
+    train: Path, val: Path | None, test: Sequence[SequenceRecord], folder: Path, title: str
+) -> tuple[dict[str, Any], float]:
+    """Train DeepLog on the normal sequences of ``train`` (``top_g`` and threshold calibrated on the
+    labels of ``val``; no ``val``: the classic rule), save it under ``folder/model``, evaluate it on
+    ``test`` with a report under ``folder/report``; returns ``(report, training seconds)``."""
+    from small_model.deeplog import DeepLogDetector, train_deeplog
+
+    t0 = time.perf_counter()
+    artifact = train_deeplog(train, val, folder / "model", unsupervised=val is None, progress=False)
+    seconds = time.perf_counter() - t0
+    detector = DeepLogDetector.from_pretrained(artifact)
+    report = evaluate_detector(detector, list(test), folder / "report", title=title)
+    report["top_g"] = detector.config.top_g
+    return report, seconds

@@ -98,6 +98,8 @@ class TrainArgs:
     bank_size: int = 4096
     calib_fraction: float = 0.1  # normal training sequences held out for score normalization
     recon_reduce: str = "max"  # max token NLL: one out-of-place token (a latency bucket) is enough
+    mlm_line_probability: float = 0.25  # masked line modeling: share of lines masked whole
+    recon_masking: str = "lines"  # reconstruction score: each line predicted from the others
     mlm_vocab: str = "corpus"  # corpus: decode only token ids seen in training (+ other); full: all
     mlm_weight: float = 1.0  # weight of the MLM loss kept on normal sequences while the head trains
     mlm_rows: int = 4  # at most this many normal rows of a head batch carry that MLM loss
@@ -258,13 +260,15 @@ def mlm_phase(
     batches = _cycle_batches(lengths, args.batch_size, rng)
     never = special_ids(tokenizer)
     pad_id, mask_id, vocab = int(tokenizer.pad_token_id or 0), int(tokenizer.mask_token_id), len(tokenizer)
+    sep_id = int(tokenizer.sep_token_id)
 
     def step_fn(mode: MoEMode) -> Callable[[int], dict[str, torch.Tensor]]:
         def fn(_: int) -> dict[str, torch.Tensor]:
             input_ids, attention_mask = pad_batch([ids[i] for i in next(batches)], pad_id)
             masked, labels = random_mlm_mask(
-                input_ids, attention_mask, never, mask_id, vocab, config.mlm_probability, gen
-            )
+                input_ids, attention_mask, never, mask_id, vocab, config.mlm_probability, gen,
+                config.mlm_line_probability, sep_id,
+            )  # fmt: skip
             out = model(input_ids=masked, attention_mask=attention_mask, mlm_labels=labels, moe_mode=mode)
             assert out.loss is not None and out.mlm_loss is not None
             return {"loss": out.loss, "mlm": out.mlm_loss.detach(), "lb": out.aux_loss.detach()}
@@ -287,8 +291,9 @@ def _joint_mlm(
     width = int(attention_mask.sum(dim=1).max())
     ids, mask = input_ids[:, :width], attention_mask[:, :width]
     masked, mlm_labels = random_mlm_mask(
-        ids, mask, special_ids(tokenizer), int(tokenizer.mask_token_id), len(tokenizer), config.mlm_probability, gen
-    )
+        ids, mask, special_ids(tokenizer), int(tokenizer.mask_token_id), len(tokenizer), config.mlm_probability, gen,
+        config.mlm_line_probability, int(tokenizer.sep_token_id),
+    )  # fmt: skip
     out = model(input_ids=masked, attention_mask=mask, mlm_labels=mlm_labels, moe_mode="top_p")
     assert out.mlm_loss is not None
     return out.mlm_loss
@@ -326,7 +331,8 @@ def supervised_phase(
     pad_id = int(tokenizer.pad_token_id or 0)
 
     # perturbed copies of normal sequences (a step dropped, lines swapped, a step slowed, ...) join each
-    # batch as extra anomalies: more examples of the structural kinds than the labels hold
+    # batch as extra anomalies: more examples of the structural kinds than the labels hold. Copies of the
+    # batch's own normal rows first: each such minimal pair shows exactly what the anomaly changed
     normal_lines = [x for x, y in zip(data.lines, data.labels, strict=True) if y == 0]
     pool = sorted({line for seq in normal_lines for line in seq})
     n_aug = round(args.augment * args.batch_size) if normal_lines else 0
@@ -335,7 +341,9 @@ def supervised_phase(
         idx = next(batches)
         batch_ids, batch_labels = [ids[i] for i in idx], labels[idx]
         if n_aug:
-            fakes = [sep.join(perturb_lines(rng.choice(normal_lines), rng, pool)) for _ in range(n_aug)]
+            own = [examples[i][0].split(sep) for i in idx if examples[i][1] == 0][:n_aug]
+            sources = own + [rng.choice(normal_lines) for _ in range(n_aug - len(own))]
+            fakes = [sep.join(perturb_lines(lines, rng, pool)) for lines in sources]
             batch_ids = batch_ids + encode_texts(tokenizer, fakes, config.max_length)
             batch_labels = torch.cat([batch_labels, torch.ones(n_aug)])
         input_ids, attention_mask = pad_batch(batch_ids, pad_id)
@@ -494,6 +502,8 @@ def detector_config(args: TrainArgs) -> DetectorConfig:
         top_p=args.top_p,
         pooling=args.pooling,  # type: ignore[arg-type]
         knn_k=args.knn_k,
+        mlm_line_probability=args.mlm_line_probability,
+        recon_masking=args.recon_masking,  # type: ignore[arg-type]
         **args.extra,
     )
 
@@ -620,7 +630,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     for name in (
         "encoder", "epochs", "mlm_epochs", "mlm_max_sequences", "batch_size", "lr", "head_lr", "max_length",
         "num_encoder_layers", "freeze_layers", "pooling", "contamination", "knn_k", "bank_size",
-        "recon_reduce", "mlm_vocab", "dense_fraction", "mlm_weight", "mlm_rows", "head_freeze_layers", "augment",
+        "recon_reduce", "mlm_line_probability", "recon_masking", "mlm_vocab", "dense_fraction", "mlm_weight", "mlm_rows", "head_freeze_layers", "augment",
         "seed", "threads", "device",
     ):  # fmt: skip
         value = getattr(defaults, name)

@@ -368,7 +368,12 @@ class MoEBertDetector:
         mask_id = int(self.tokenizer.mask_token_id)
         nll = torch.zeros(input_ids.shape, dtype=torch.float32)
         for masked_ids, labels in strided_masks(
-            input_ids, attention_mask, self._never, mask_id, self.config.recon_passes
+            input_ids,
+            attention_mask,
+            self._never,
+            mask_id,
+            self.config.recon_passes,
+            sep_id=int(self.tokenizer.sep_token_id) if self.config.recon_masking == "lines" else None,
         ):
             out = self.model(input_ids=masked_ids, attention_mask=attention_mask, mlm_labels=labels)
             assert out.mlm_nll is not None

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from small_model.config import DetectorConfig
-from small_model.data import encode_texts, pad_batch, random_mlm_mask, special_ids, strided_masks
+from small_model.data import (
+    encode_texts,
+    line_index,
+    maskable,
+    pad_batch,
+    random_mlm_mask,
+    special_ids,
+    strided_masks,
+)
 from small_model.modeling import (
     MoEBertForLogAnomaly,
     MoELayer,
@@ -200,6 +208,45 @@ def test_strided_masks_cover_each_token_once(tokenizer) -> None:  # type: ignore
     assert torch.equal(covered, (attention_mask.bool() & ~special).long())
     again = strided_masks(input_ids, attention_mask, never, tokenizer.mask_token_id, 3)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(passes, again, strict=True))
+
+
+def test_line_masks_cover_whole_lines_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    input_ids, attention_mask = batch(tokenizer)
+    never, sep = special_ids(tokenizer), tokenizer.sep_token_id
+    lines = line_index(input_ids, sep)
+    passes = strided_masks(input_ids, attention_mask, never, tokenizer.mask_token_id, 2, sep_id=sep)
+    can = maskable(input_ids, attention_mask, never)
+    covered = torch.stack([(labels != -100).long() for _, labels in passes]).sum(dim=0)
+    assert torch.equal(covered, can.long())  # every maskable token exactly once over the passes
+    for j, (masked, labels) in enumerate(passes):
+        chosen = labels != -100
+        # pass j masks every maskable token of the lines with index % 2 == j, and nothing else
+        assert torch.equal(chosen, can & (lines % 2 == j))
+        assert (masked[chosen] == tokenizer.mask_token_id).all()
+        assert torch.equal(labels[chosen], input_ids[chosen])
+
+
+def test_random_line_masking_masks_whole_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    input_ids, attention_mask = batch(tokenizer)
+    never, sep = special_ids(tokenizer), tokenizer.sep_token_id
+    can = maskable(input_ids, attention_mask, never)
+    lines = line_index(input_ids, sep)
+    gen = torch.Generator().manual_seed(3)
+    whole_lines = 0
+    for _ in range(20):
+        # token probability ~0: whatever is masked comes from whole-line masking (plus one token per row)
+        _, labels = random_mlm_mask(
+            input_ids, attention_mask, never, tokenizer.mask_token_id, len(tokenizer), 1e-9, gen, 0.5, sep
+        )
+        chosen = labels != -100
+        for b in range(input_ids.shape[0]):
+            for k in range(int(lines[b].max()) + 1):
+                in_line = can[b] & (lines[b] == k)
+                n = int((chosen[b] & in_line).sum())
+                if n > 1:  # more than the one guaranteed token: the line is masked whole
+                    assert n == int(in_line.sum())
+                    whole_lines += 1
+    assert whole_lines > 20  # about half of the 9 lines in each of 20 draws
 
 
 def test_loss_falls_on_a_toy_set(tokenizer) -> None:  # type: ignore[no-untyped-def]
