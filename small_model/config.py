@@ -71,11 +71,17 @@ class DetectorConfig:
     head_dropout: float = 0.1
     mlm_probability: float = 0.3  # more masked tokens per step: faster masked modeling on a small budget
     mlm_line_probability: float = 0.0  # masked line modeling: each line also masked whole with this probability
+    # masked line modeling predicts the masked line's class in this vocabulary of normalized lines
+    # (the most frequent lines of training; others share one "other" class). None: no line head
+    line_vocab: list[str] | None = None
     mlm_vocab: list[int] | None = None  # decoder classes: token ids seen in training (None: full vocab)
     # label-free scoring
     knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
     recon_passes: int = 4  # deterministic masking: token (or line) i is masked in pass i % recon_passes
-    recon_masking: Literal["tokens", "lines"] = "tokens"  # what one reconstruction pass masks
+    # what one reconstruction pass masks and scores: tokens (their NLL) or whole lines (the NLL of the
+    # line's class under the line head: a line never seen, or out of place, scores high)
+    recon_masking: Literal["tokens", "lines"] = "tokens"
+    sep_token_id: int | None = None  # the line separator's id (set when the model is built)
     line_separator: str = " [SEP] "
     # filled in when the model is built / saved
     encoder_config: dict[str, Any] | None = None

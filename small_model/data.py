@@ -114,23 +114,20 @@ def random_mlm_mask(
     vocab_size: int,
     probability: float,
     generator: torch.Generator,
-    line_probability: float = 0.0,
+    whole_lines: torch.Tensor | None = None,
     sep_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking (80% [MASK], 10% random, 10% kept) of ``probability`` of the maskable tokens.
 
-    With ``line_probability`` (and ``sep_id``) each log line is also masked whole with that
-    probability (masked line modeling): predicting a whole line from its neighbours teaches which
-    step follows which, the signal of a missing, swapped or slowed step.
-    Returns ``(masked_ids, mlm_labels)``; every sequence gets at least one masked token.
+    ``whole_lines`` (B, L) bool with ``sep_id``: those log lines are masked whole besides (masked
+    line modeling, see :func:`draw_lines`). Returns ``(masked_ids, mlm_labels)``; every sequence
+    gets at least one masked token.
     """
     can = maskable(input_ids, attention_mask, never)  # (B, T)
     draw = torch.rand(input_ids.shape, generator=generator)
     chosen = (draw < probability) & can
-    if line_probability > 0 and sep_id is not None:
-        lines = line_index(input_ids, sep_id)  # (B, T)
-        whole = torch.rand((input_ids.shape[0], int(lines.max()) + 1), generator=generator) < line_probability
-        chosen |= whole.gather(1, lines) & can  # (B, T) every token of a drawn line
+    if whole_lines is not None and sep_id is not None:
+        chosen |= whole_lines.gather(1, line_index(input_ids, sep_id)) & can  # (B, T) every token of those lines
     # at least one masked token per sequence: the maskable token with the lowest draw
     lowest = draw.masked_fill(~can, 2.0).argmin(dim=1)  # (B,)
     rows = can.any(dim=1)
@@ -229,3 +226,31 @@ def perturb_lines(lines: Sequence[str], rng: random.Random, line_pool: Sequence[
     if out == list(lines):  # the operations can cancel out; insert a foreign line then
         out.insert(rng.randrange(len(out) + 1), rng.choice(line_pool) if line_pool else "unexpected event")
     return out
+
+
+def draw_lines(input_ids: torch.Tensor, sep_id: int, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, L) bool: each log line drawn with ``probability`` to be masked whole (L = most lines in a row)."""
+    num_lines = int(line_index(input_ids, sep_id).max()) + 1
+    return torch.rand((input_ids.shape[0], num_lines), generator=generator) < probability
+
+
+def line_keys(text: str, separator: str, vocab: dict[str, int], other: int) -> list[int]:
+    """The line-vocabulary class of each line of a joined text (``other`` for lines not in ``vocab``)."""
+    return [vocab.get(line.strip(), other) for line in text.split(separator.strip())]
+
+
+def line_targets(
+    input_ids: torch.Tensor, keys: Sequence[Sequence[int]], sep_id: int, chosen: torch.Tensor
+) -> torch.Tensor:
+    """(B, L) line classes where ``chosen`` (B, L) and the line is whole in the ids, -100 elsewhere.
+
+    A line cut by truncation (the ids hold fewer [SEP] than the text has lines) has no target.
+    """
+    out = torch.full(chosen.shape, -100, dtype=torch.long)
+    seps = (input_ids == sep_id).sum(dim=1)  # (B,) lines present, the last one possibly cut
+    for b, row in enumerate(keys):
+        whole = len(row) if int(seps[b]) >= len(row) else max(0, int(seps[b]) - 1)
+        n = min(whole, chosen.shape[1])
+        if n:
+            out[b, :n] = torch.tensor(row[:n], dtype=torch.long)
+    return out.masked_fill(~chosen, -100)

@@ -26,6 +26,7 @@ from transformers import CONFIG_MAPPING, AutoModel, BertConfig, PreTrainedModel,
 
 from core.errors import ModelError
 from small_model.config import PLACEHOLDER_TOKENS, SCRATCH_ENCODER, DetectorConfig, resolve_encoder
+from small_model.data import line_index
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,32 @@ class MLMHead(nn.Module):
         return self.token_map[token_ids] if self.restricted else token_ids
 
 
+class LineHead(nn.Module):
+    """Masked line modeling: the class of a masked log line (a line vocabulary + ``other``) from the
+    mean of its token states, so the model learns which step comes where in a flow."""
+
+    def __init__(self, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.decoder = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(x))))  # (M, C)
+
+
+def line_states(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, lines: torch.Tensor, num_lines: int
+) -> torch.Tensor:
+    """(B, L, H) the mean token state of each line; ``lines`` (B, T) is the line index of each token."""
+    B, T, H = hidden.shape
+    weight = attention_mask.to(hidden.dtype)  # (B, T)
+    flat = (lines + torch.arange(B, device=lines.device)[:, None] * num_lines).reshape(-1)  # (B*T,)
+    sums = hidden.new_zeros(B * num_lines, H).index_add(0, flat, (hidden * weight[..., None]).reshape(B * T, H))
+    counts = hidden.new_zeros(B * num_lines).index_add(0, flat, weight.reshape(-1))
+    return (sums / counts.clamp_min(1.0)[:, None]).reshape(B, num_lines, H)
+
+
 class AttentionPooling(nn.Module):
     """A learned softmax weighting of the token states."""
 
@@ -229,6 +256,8 @@ class DetectorOutput:
     cls_loss: torch.Tensor | None = None
     mlm_loss: torch.Tensor | None = None
     mlm_nll: torch.Tensor | None = None  # (B, T) NLL of each masked token, 0 elsewhere
+    line_loss: torch.Tensor | None = None
+    line_nll: torch.Tensor | None = None  # (B, L) NLL of each scored line's class, 0 elsewhere
 
 
 def embedding_weight(encoder: nn.Module) -> torch.Tensor:
@@ -262,7 +291,8 @@ class MoEBertForLogAnomaly(nn.Module):
         self.mlm_head = MLMHead(hidden, vocab, config.mlm_vocab)
         self.pool = AttentionPooling(hidden) if config.pooling == "attention" else None
         self.head = AnomalyHead(hidden, config.head_hidden, config.head_dropout)
-        for module in (self.moe, self.mlm_head, self.head, self.pool):
+        self.line_head = LineHead(hidden, len(config.line_vocab) + 1) if config.line_vocab else None
+        for module in (self.moe, self.mlm_head, self.head, self.pool, self.line_head):
             if module is not None:
                 _init_new_module(module)
         self.moe_mode: MoEMode = "top_p"
@@ -290,8 +320,10 @@ class MoEBertForLogAnomaly(nn.Module):
         labels: torch.Tensor | None = None,
         mlm_labels: torch.Tensor | None = None,
         moe_mode: MoEMode | None = None,
+        line_labels: torch.Tensor | None = None,
     ) -> DetectorOutput:
-        """``labels`` (B,) 0/1 anomaly targets; ``mlm_labels`` (B, T) token ids at masked positions, -100 elsewhere."""
+        """``labels`` (B,) 0/1 anomaly targets; ``mlm_labels`` (B, T) token ids at masked positions, -100
+        elsewhere; ``line_labels`` (B, L) line classes of the lines masked whole, -100 elsewhere."""
         mode = moe_mode or self.moe_mode
         device = self.mlm_head.bias.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -307,6 +339,16 @@ class MoEBertForLogAnomaly(nn.Module):
                 masked = mlm_labels != -100  # (B, T)
                 word_embeddings = embedding_weight(self.encoder)  # (V, H)
                 mlm_logits = self.mlm_head(moe.hidden[masked], word_embeddings)  # (M, V) only masked tokens
+            line_logits = None
+            if line_labels is not None and self.line_head is not None:
+                line_labels = line_labels.to(device)
+                if self.config.sep_token_id is None:
+                    raise ModelError("the config has no sep_token_id: cannot find the lines")
+                lines = line_index(input_ids, self.config.sep_token_id)  # (B, T)
+                num_lines = max(int(lines.max()) + 1, line_labels.shape[1])
+                states = line_states(moe.hidden, attention_mask, lines, num_lines)[:, : line_labels.shape[1]]
+                scored = line_labels != -100  # (B, L)
+                line_logits = self.line_head(states[scored])  # (M, C) only the lines with a target
         pooled = pooled.float()
         out = DetectorOutput(
             logits=logits,
@@ -327,6 +369,12 @@ class MoEBertForLogAnomaly(nn.Module):
             out.mlm_nll[masked] = nll
             out.mlm_loss = nll.mean() if nll.numel() else nll.sum()
             losses.append(out.mlm_loss)
+        if line_labels is not None and line_logits is not None:
+            lnll = F.cross_entropy(line_logits.float(), line_labels[scored], reduction="none")  # (M,)
+            out.line_nll = torch.zeros(line_labels.shape, dtype=lnll.dtype, device=lnll.device)
+            out.line_nll[scored] = lnll
+            out.line_loss = lnll.mean() if lnll.numel() else lnll.sum()
+            losses.append(out.line_loss)
         if losses:
             total = torch.stack(losses).sum()
             if mode == "top_p" and self.config.lb_coef > 0:
@@ -481,6 +529,7 @@ def build_model(config: DetectorConfig, tokenizer: PreTrainedTokenizerBase) -> M
             _grow_embeddings(encoder, tokenizer, old_vocab)
         if config.num_encoder_layers:
             _truncate_layers(encoder, config.num_encoder_layers)
+    config.sep_token_id = int(tokenizer.sep_token_id) if tokenizer.sep_token_id is not None else None
     model = MoEBertForLogAnomaly(config, encoder)
     model.freeze_lower(config.freeze_layers)
     return model
@@ -522,6 +571,7 @@ __all__ = [
     "AttentionPooling",
     "DetectorOutput",
     "Expert",
+    "LineHead",
     "MLMHead",
     "MoEBertForLogAnomaly",
     "MoELayer",

@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,8 +46,11 @@ from core.normalize import Normalizer
 from core.schema import SequenceRecord
 from small_model.config import DetectorConfig
 from small_model.data import (
+    draw_lines,
     encode_texts,
     length_batches,
+    line_keys,
+    line_targets,
     pad_batch,
     perturb_lines,
     random_mlm_mask,
@@ -99,6 +103,7 @@ class TrainArgs:
     calib_fraction: float = 0.1  # normal training sequences held out for score normalization
     recon_reduce: str = "max"  # max token NLL: one out-of-place token (a latency bucket) is enough
     mlm_line_probability: float = 0.25  # masked line modeling: share of lines masked whole
+    line_vocab_max: int = 4096  # the line head's classes: the most frequent normalized training lines
     recon_masking: str = "lines"  # reconstruction score: each line predicted from the others
     mlm_vocab: str = "corpus"  # corpus: decode only token ids seen in training (+ other); full: all
     mlm_weight: float = 1.0  # weight of the MLM loss kept on normal sequences while the head trains
@@ -186,6 +191,39 @@ def corpus_vocab(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_l
 # ----------------------------------------------------------------------------- loops
 
 
+class LineMasker:
+    """Masks a batch for masked log modeling: random tokens plus whole lines, whose classes become the
+    line head's targets (whole-line masking only when the config has a line vocabulary)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: DetectorConfig, gen: torch.Generator) -> None:
+        self.never = special_ids(tokenizer)
+        self.mask_id, self.vocab = int(tokenizer.mask_token_id), len(tokenizer)
+        self.sep_id = int(tokenizer.sep_token_id)
+        self.config, self.gen = config, gen
+        self.lines = {line: i for i, line in enumerate(config.line_vocab or [])}
+        self.active = bool(config.line_vocab) and config.mlm_line_probability > 0
+
+    def keys(self, text: str) -> list[int]:
+        """The line classes of one joined text."""
+        return line_keys(text, self.config.line_separator, self.lines, len(self.lines))
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keys: Sequence[Sequence[int]] | None
+    ) -> dict[str, torch.Tensor]:
+        """``input_ids``/``mlm_labels``/``line_labels`` for the model (``keys``: each row's line classes)."""
+        whole = None
+        if self.active and keys is not None:
+            whole = draw_lines(input_ids, self.sep_id, self.config.mlm_line_probability, self.gen)
+        masked, labels = random_mlm_mask(
+            input_ids, attention_mask, self.never, self.mask_id, self.vocab, self.config.mlm_probability, self.gen,
+            whole, self.sep_id,
+        )  # fmt: skip
+        batch = {"input_ids": masked, "mlm_labels": labels}
+        if whole is not None and keys is not None:
+            batch["line_labels"] = line_targets(input_ids, keys, self.sep_id, whole)
+        return batch
+
+
 def _optimizer(model: MoEBertForLogAnomaly, args: TrainArgs, steps: int) -> tuple[Any, Any]:
     encoder_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
     new_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
@@ -258,20 +296,21 @@ def mlm_phase(
     total = math.ceil(args.mlm_epochs * (epoch_size or len(ids)) / args.batch_size)
     dense_steps = round(args.dense_fraction * total)
     batches = _cycle_batches(lengths, args.batch_size, rng)
-    never = special_ids(tokenizer)
-    pad_id, mask_id, vocab = int(tokenizer.pad_token_id or 0), int(tokenizer.mask_token_id), len(tokenizer)
-    sep_id = int(tokenizer.sep_token_id)
+    masker = LineMasker(tokenizer, config, gen)
+    keys = [masker.keys(t) for t in texts]
+    pad_id = int(tokenizer.pad_token_id or 0)
 
     def step_fn(mode: MoEMode) -> Callable[[int], dict[str, torch.Tensor]]:
         def fn(_: int) -> dict[str, torch.Tensor]:
-            input_ids, attention_mask = pad_batch([ids[i] for i in next(batches)], pad_id)
-            masked, labels = random_mlm_mask(
-                input_ids, attention_mask, never, mask_id, vocab, config.mlm_probability, gen,
-                config.mlm_line_probability, sep_id,
-            )  # fmt: skip
-            out = model(input_ids=masked, attention_mask=attention_mask, mlm_labels=labels, moe_mode=mode)
+            idx = next(batches)
+            input_ids, attention_mask = pad_batch([ids[i] for i in idx], pad_id)
+            batch = masker(input_ids, attention_mask, [keys[i] for i in idx])
+            out = model(attention_mask=attention_mask, moe_mode=mode, **batch)
             assert out.loss is not None and out.mlm_loss is not None
-            return {"loss": out.loss, "mlm": out.mlm_loss.detach(), "lb": out.aux_loss.detach()}
+            losses = {"loss": out.loss, "mlm": out.mlm_loss.detach(), "lb": out.aux_loss.detach()}
+            if out.line_loss is not None:
+                losses["line"] = out.line_loss.detach()
+            return losses
 
         return fn
 
@@ -281,22 +320,17 @@ def mlm_phase(
 
 def _joint_mlm(
     model: MoEBertForLogAnomaly,
-    tokenizer: PreTrainedTokenizerBase,
+    masker: LineMasker,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    config: DetectorConfig,
-    gen: torch.Generator,
+    keys: Sequence[Sequence[int]],
 ) -> torch.Tensor:
-    """MLM loss on (normal) rows, so the reconstruction score stays sharp while the head trains."""
+    """Masked log modeling loss on (normal) rows, so the reconstruction score stays sharp while the head trains."""
     width = int(attention_mask.sum(dim=1).max())
     ids, mask = input_ids[:, :width], attention_mask[:, :width]
-    masked, mlm_labels = random_mlm_mask(
-        ids, mask, special_ids(tokenizer), int(tokenizer.mask_token_id), len(tokenizer), config.mlm_probability, gen,
-        config.mlm_line_probability, int(tokenizer.sep_token_id),
-    )  # fmt: skip
-    out = model(input_ids=masked, attention_mask=mask, mlm_labels=mlm_labels, moe_mode="top_p")
+    out = model(attention_mask=mask, moe_mode="top_p", **masker(ids, mask, keys))
     assert out.mlm_loss is not None
-    return out.mlm_loss
+    return out.mlm_loss + (out.line_loss if out.line_loss is not None else 0.0)
 
 
 def supervised_phase(
@@ -329,6 +363,7 @@ def supervised_phase(
 
     batches = cycle()
     pad_id = int(tokenizer.pad_token_id or 0)
+    masker = LineMasker(tokenizer, config, gen)
 
     # perturbed copies of normal sequences (a step dropped, lines swapped, a step slowed, ...) join each
     # batch as extra anomalies: more examples of the structural kinds than the labels hold. Copies of the
@@ -352,7 +387,8 @@ def supervised_phase(
         losses = {"loss": out.loss, "bce": out.cls_loss.detach(), "lb": out.aux_loss.detach()}
         normal = (batch_labels == 0).nonzero(as_tuple=True)[0][: args.mlm_rows]
         if args.mlm_weight > 0 and len(normal):
-            mlm = _joint_mlm(model, tokenizer, input_ids[normal], attention_mask[normal], config, gen)
+            keys = [masker.keys(examples[idx[int(r)]][0]) for r in normal]
+            mlm = _joint_mlm(model, masker, input_ids[normal], attention_mask[normal], keys)
             losses["loss"] = losses["loss"] + args.mlm_weight * mlm
             losses["mlm"] = mlm.detach()
         return losses
@@ -380,6 +416,7 @@ def oneclass_phase(
     half = max(1, args.batch_size // 2)
     batches = _cycle_batches([len(x) for x in ids], half, rng)
     pad_id = int(tokenizer.pad_token_id or 0)
+    masker = LineMasker(tokenizer, config, gen)
 
     def fn(_: int) -> dict[str, torch.Tensor]:
         idx = next(batches)
@@ -392,7 +429,8 @@ def oneclass_phase(
         losses = {"loss": out.loss, "bce": out.cls_loss.detach(), "lb": out.aux_loss.detach()}
         if args.mlm_weight > 0:
             rows = min(len(idx), args.mlm_rows)
-            mlm = _joint_mlm(model, tokenizer, input_ids[:rows], attention_mask[:rows], config, gen)
+            keys = [masker.keys(texts[i]) for i in idx[:rows]]
+            mlm = _joint_mlm(model, masker, input_ids[:rows], attention_mask[:rows], keys)
             losses["loss"] = losses["loss"] + args.mlm_weight * mlm
             losses["mlm"] = mlm.detach()
         return losses
@@ -551,6 +589,10 @@ def train_detector(args: TrainArgs) -> Path:
         mlm_texts = mlm_texts[: args.mlm_max_sequences]
         mlm_epoch = min(mlm_epoch, args.mlm_max_sequences)
 
+    if args.mlm_line_probability > 0 and args.line_vocab_max > 0:
+        counts = Counter(line for i in normal_idx for line in train.lines[i])
+        ranked = sorted(counts, key=lambda line: (-counts[line], line))
+        config.line_vocab = ranked[: args.line_vocab_max]
     tokenizer = build_tokenizer(config)
     if args.mlm_vocab == "corpus":
         config.mlm_vocab = corpus_vocab(tokenizer, list(unique_normal), config.max_length)
@@ -630,7 +672,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     for name in (
         "encoder", "epochs", "mlm_epochs", "mlm_max_sequences", "batch_size", "lr", "head_lr", "max_length",
         "num_encoder_layers", "freeze_layers", "pooling", "contamination", "knn_k", "bank_size",
-        "recon_reduce", "mlm_line_probability", "recon_masking", "mlm_vocab", "dense_fraction", "mlm_weight", "mlm_rows", "head_freeze_layers", "augment",
+        "recon_reduce", "mlm_line_probability", "recon_masking", "line_vocab_max", "mlm_vocab", "dense_fraction", "mlm_weight", "mlm_rows", "head_freeze_layers", "augment",
         "seed", "threads", "device",
     ):  # fmt: skip
         value = getattr(defaults, name)

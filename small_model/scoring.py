@@ -34,6 +34,8 @@ from small_model.common import weights_digest
 from small_model.data import (
     encode_texts,
     line_index,
+    line_keys,
+    line_targets,
     maskable,
     pad_batch,
     sequence_text,
@@ -261,6 +263,7 @@ class MoEBertDetector:
         self.metrics = metrics or {}
         self.batch_size = batch_size
         self._never = special_ids(tokenizer)
+        self._line_map: dict[str, int] = {}
 
     # ------------------------------------------------------------------------- properties
 
@@ -342,7 +345,8 @@ class MoEBertDetector:
         """
         unique: dict[str, int] = {}
         where = np.array([unique.setdefault(t, len(unique)) for t in texts], dtype=np.int64)
-        ids = encode_texts(self.tokenizer, list(unique), self.config.max_length)
+        texts_in = list(unique)
+        ids = encode_texts(self.tokenizer, texts_in, self.config.max_length)
         n = len(ids)
         pad_id = int(self.tokenizer.pad_token_id or 0)
         head = np.zeros(n)
@@ -356,7 +360,7 @@ class MoEBertDetector:
             head[idx] = out.logits.double().cpu().numpy()  # logits: sigmoid saturates on normals
             pooled[idx] = out.pooled.float().cpu().numpy()
             if "recon" in components:
-                recon[idx] = self._recon(input_ids, attention_mask)
+                recon[idx] = self._recon(input_ids, attention_mask, [texts_in[i] for i in idx])
         result: dict[str, np.ndarray] = {"head": head[where], "pooled": pooled[where]}
         if "recon" in components:
             result["recon"] = recon[where]
@@ -364,7 +368,9 @@ class MoEBertDetector:
             result["knn"] = knn_distance(pooled, self.bank, self.calibration.knn_k)[where]
         return result
 
-    def _recon(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+    def _recon(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
+        if self.config.recon_masking == "lines" and self.model.line_head is not None:
+            return self._recon_lines(input_ids, attention_mask, texts)
         mask_id = int(self.tokenizer.mask_token_id)
         nll = torch.zeros(input_ids.shape, dtype=torch.float32)
         for masked_ids, labels in strided_masks(
@@ -380,6 +386,30 @@ class MoEBertDetector:
             nll += out.mlm_nll.float().cpu()
         scored = maskable(input_ids, attention_mask, self._never)  # (B, T)
         return reduce_nll(nll, scored, input_ids, int(self.tokenizer.sep_token_id), self.calibration.recon_reduce)
+
+    def _recon_lines(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
+        """Masked line modeling score: each line masked whole in turn (``recon_passes`` strided passes),
+        the NLL of its class under the line head; per sequence the worst line (``mean``: the average)."""
+        sep_id = int(self.tokenizer.sep_token_id)
+        vocab = self.config.line_vocab or []
+        if len(self._line_map) != len(vocab):
+            self._line_map = {line: i for i, line in enumerate(vocab)}
+        keys = [line_keys(t, self.config.line_separator, self._line_map, len(vocab)) for t in texts]
+        num_lines = int(line_index(input_ids, sep_id).max()) + 1
+        passes = self.config.recon_passes
+        nll = torch.zeros(input_ids.shape[0], num_lines)
+        scored = torch.zeros(input_ids.shape[0], num_lines, dtype=torch.bool)
+        masks = strided_masks(input_ids, attention_mask, self._never, int(self.tokenizer.mask_token_id), passes, sep_id)
+        for j, (masked_ids, _) in enumerate(masks):
+            chosen = (torch.arange(num_lines) % passes == j)[None].expand(input_ids.shape[0], -1)
+            targets = line_targets(input_ids, keys, sep_id, chosen)
+            out = self.model(input_ids=masked_ids, attention_mask=attention_mask, line_labels=targets)
+            assert out.line_nll is not None
+            nll += out.line_nll.float().cpu()
+            scored |= targets != -100
+        if self.calibration.recon_reduce == "mean":
+            return (nll.sum(dim=1) / scored.sum(dim=1).clamp_min(1)).double().numpy()
+        return nll.masked_fill(~scored, 0.0).max(dim=1).values.double().numpy()
 
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
         """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of sequences."""

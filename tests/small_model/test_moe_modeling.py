@@ -11,8 +11,11 @@ import torch
 
 from small_model.config import DetectorConfig
 from small_model.data import (
+    draw_lines,
     encode_texts,
     line_index,
+    line_keys,
+    line_targets,
     maskable,
     pad_batch,
     random_mlm_mask,
@@ -232,21 +235,39 @@ def test_random_line_masking_masks_whole_lines(tokenizer) -> None:  # type: igno
     can = maskable(input_ids, attention_mask, never)
     lines = line_index(input_ids, sep)
     gen = torch.Generator().manual_seed(3)
-    whole_lines = 0
+    drawn = 0
     for _ in range(20):
-        # token probability ~0: whatever is masked comes from whole-line masking (plus one token per row)
+        whole = draw_lines(input_ids, sep, 0.5, gen)
+        assert whole.shape == (input_ids.shape[0], int(lines.max()) + 1)
+        # token probability ~0: what is masked comes from the drawn lines (plus one token per row)
         _, labels = random_mlm_mask(
-            input_ids, attention_mask, never, tokenizer.mask_token_id, len(tokenizer), 1e-9, gen, 0.5, sep
+            input_ids, attention_mask, never, tokenizer.mask_token_id, len(tokenizer), 1e-9, gen, whole, sep
         )
         chosen = labels != -100
         for b in range(input_ids.shape[0]):
             for k in range(int(lines[b].max()) + 1):
                 in_line = can[b] & (lines[b] == k)
                 n = int((chosen[b] & in_line).sum())
-                if n > 1:  # more than the one guaranteed token: the line is masked whole
+                if whole[b, k]:
                     assert n == int(in_line.sum())
-                    whole_lines += 1
-    assert whole_lines > 20  # about half of the 9 lines in each of 20 draws
+                    drawn += 1
+                else:
+                    assert n <= 1
+    assert drawn > 20  # about half of the 9 lines in each of 20 draws
+
+
+def test_line_targets_skip_cut_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    vocab = {"login ok": 0, "checking token": 1}
+    keys = [line_keys(t, " [SEP] ", vocab, len(vocab)) for t in TEXTS]
+    assert keys[2] == [2, 0]  # "auth-service checking token" is not in the vocabulary: other
+    ids = encode_texts(tokenizer, TEXTS, 12)  # the first two texts are cut inside their second line
+    input_ids, _ = pad_batch(ids, tokenizer.pad_token_id)
+    chosen = torch.ones((3, 3), dtype=torch.bool)
+    targets = line_targets(input_ids, keys, tokenizer.sep_token_id, chosen)
+    assert targets[0].tolist() == [keys[0][0], -100, -100]  # only the whole first line keeps a target
+    full = line_targets(pad_batch(encode_texts(tokenizer, TEXTS, 128), 0)[0], keys, tokenizer.sep_token_id, chosen)
+    assert full[2].tolist() == [2, 0, -100]  # two lines only
+    assert (line_targets(input_ids, keys, tokenizer.sep_token_id, ~chosen) == -100).all()
 
 
 def test_loss_falls_on_a_toy_set(tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -299,9 +320,14 @@ def test_config_json_roundtrip(tmp_path: Path) -> None:
         DetectorConfig(top_p=0.0)
 
 
-def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+LINE_VOCAB = {"recon_masking": "lines", "mlm_line_probability": 0.25, "line_vocab": ["order-service started", "retry"]}
+
+
+@pytest.mark.parametrize("masking", [{}, LINE_VOCAB], ids=["tokens", "lines"])
+def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path, masking: dict) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = build_model(tiny_config(pooling="attention"), tokenizer).eval()
+    model = build_model(tiny_config(pooling="attention", **masking), tokenizer).eval()
+    assert (model.line_head is not None) == bool(masking)
     bank = torch.randn(20, 32)
     calibration = Calibration(
         mode="unsupervised",
@@ -328,6 +354,22 @@ def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path) -> Non
     contributions = loaded.line_contributions(sequences[1])
     assert len(contributions) == 2 and all(np.isfinite(contributions))
     assert isinstance(MoEBertForLogAnomaly.from_pretrained(path), MoEBertForLogAnomaly)
+    assert loaded.config.line_vocab == model.config.line_vocab
+    recon = loaded.raw_scores(sequences)["recon"]
+    assert recon.shape == (2,) and (recon > 0).all()
+
+
+def test_line_head_nll_covers_each_line_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model(tiny_config(**LINE_VOCAB), tokenizer).eval()
+    input_ids, attention_mask = batch(tokenizer)
+    targets = torch.tensor([[0, 1, 2], [2, 1, 0], [0, 1, -100]])  # the third text has two lines
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, line_labels=targets)
+    assert out.line_nll is not None and out.line_nll.shape == (3, 3)
+    assert ((out.line_nll > 0) == (targets != -100)).all()
+    assert out.line_loss is not None and out.loss is not None
+    torch.testing.assert_close(out.line_loss, out.line_nll[targets != -100].mean())
 
 
 def test_best_f1_threshold_and_risk_levels() -> None:
