@@ -36,8 +36,19 @@ def free_port() -> int:
 
 def start_server(env_overrides: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", **env_overrides}
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "api.main:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -75,7 +86,9 @@ async def drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int,
         wall = time.perf_counter() - start
     latencies.sort()
     return {
-        "requests": len(latencies), "errors": errors, "rps": len(latencies) / wall,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / wall,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
     }
@@ -94,15 +107,20 @@ def main() -> int:
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         print("warning: OMP_WAIT_POLICY is not PASSIVE; 2-thread CPU runs will be much slower", file=sys.stderr)
     seqs = json.loads(Path(args.data).read_text(encoding="utf-8"))
-    bodies = [{"sequences": [{"sequence_id": s["sequence_id"], "log_entries": s["log_entries"]}], "explain": "never"}
-              for s in seqs]
+    bodies = [
+        {"sequences": [{"sequence_id": s["sequence_id"], "log_entries": s["log_entries"]}], "explain": "never"}
+        for s in seqs
+    ]
     rows: list[tuple[str, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for batching in (True, False):
             port = free_port()
-            env = {"LOGTRIAGE_DETECTOR_PATH": args.detector, "LOGTRIAGE_LOAD_EXPLAINER": "false",
-                   "LOGTRIAGE_BATCHING": str(batching).lower(),
-                   "LOGTRIAGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench-{batching}.db"}
+            env = {
+                "LOGTRIAGE_DETECTOR_PATH": args.detector,
+                "LOGTRIAGE_LOAD_EXPLAINER": "false",
+                "LOGTRIAGE_BATCHING": str(batching).lower(),
+                "LOGTRIAGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench-{batching}.db",
+            }
             proc = start_server(env, port)
             try:
                 url = f"http://127.0.0.1:{port}"
@@ -118,8 +136,12 @@ def main() -> int:
             anomalies = [s for s in seqs if s.get("label") == 1]
             ebodies = [{"sequence": {"log_entries": s["log_entries"]}, "wait_seconds": 300} for s in anomalies]
             port = free_port()
-            env = {"LOGTRIAGE_DETECTOR_PATH": args.detector, "LOGTRIAGE_EXPLAINER_PATH": args.explainer,
-                   "LOGTRIAGE_WORKERS": "1", "LOGTRIAGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench-explain.db"}
+            env = {
+                "LOGTRIAGE_DETECTOR_PATH": args.detector,
+                "LOGTRIAGE_EXPLAINER_PATH": args.explainer,
+                "LOGTRIAGE_WORKERS": "1",
+                "LOGTRIAGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench-explain.db",
+            }
             proc = start_server(env, port)
             try:
                 url = f"http://127.0.0.1:{port}"
@@ -133,8 +155,10 @@ def main() -> int:
     print("| endpoint | clients | requests | errors | req/s | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, clients, s in rows:
-        print(f"| {name} | {clients} | {s['requests']:.0f} | {s['errors']:.0f} | {s['rps']:.1f} | "
-              f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} |")
+        print(
+            f"| {name} | {clients} | {s['requests']:.0f} | {s['errors']:.0f} | {s['rps']:.1f} | "
+            f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} |"
+        )
     return 0
 
 
