@@ -107,7 +107,9 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--out", help="artifact folder (default artifacts/detector, or artifacts/deeplog)")
     t.add_argument("--unsupervised", action="store_true", help="label-free: ignore labels, train on normal sequences")
     t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--epochs", type=float, help="training epochs (head phase for MoE-BERT)")
+    t.add_argument(
+        "--epochs", type=float, help="training epochs (MoE-BERT: the head phase; default 1 supervised, 0.3 label-free)"
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     moe = t.add_argument_group("MoE-BERT options (defaults from small_model.moe_train.TrainArgs)")

@@ -80,15 +80,15 @@ class TrainArgs:
     unsupervised: bool = False
     # model
     encoder: str = "bundled"
-    num_encoder_layers: int | None = 4  # the lowest 4 of MiniLM's 6 layers: fits the CPU time budget
+    num_encoder_layers: int | None = 2  # the lowest 2 of MiniLM's 6 layers: fits the CPU time budget
     freeze_layers: int = 0
     max_length: int = 384
     num_experts: int = 4
     top_p: float = 0.8
     pooling: str = "attention"
     # schedule
-    epochs: float = 1.0  # head phase (supervised BCE or one-class)
-    mlm_epochs: float = 2.0  # masked log modeling, both stages together
+    epochs: float | None = None  # head phase; None: 1.0 supervised (BCE), 0.3 label-free (one-class)
+    mlm_epochs: float = 5.0  # masked log modeling, both stages together
     mlm_max_sequences: int | None = 1500  # subsample of the (deduplicated) normal sequences for MLM
     dense_fraction: float = 0.5  # share of MLM steps in stage 1 (dense experts)
     batch_size: int = 16
@@ -108,7 +108,7 @@ class TrainArgs:
     mlm_vocab: str = "corpus"  # corpus: decode only token ids seen in training (+ other); full: all
     mlm_weight: float = 1.0  # weight of the MLM loss kept on normal sequences while the head trains
     mlm_rows: int = 4  # at most this many normal rows of a head batch carry that MLM loss
-    head_freeze_layers: int = 2  # embeddings and the lowest N layers frozen while the head trains (speed)
+    head_freeze_layers: int = 0  # embeddings and the lowest N layers frozen while the head trains (speed)
     augment: float = 0.25  # supervised: perturbed copies of normal rows added as anomalies, per batch row
     # run
     seed: int = 42
@@ -116,6 +116,13 @@ class TrainArgs:
     device: str = "cpu"  # or "cuda"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_epochs(self) -> float:
+        """Epochs of the head phase: ``epochs``, else 1.0 supervised and 0.3 label-free."""
+        if self.epochs is not None:
+            return self.epochs
+        return 0.3 if self.unsupervised else 1.0
 
 
 @dataclass
@@ -351,7 +358,7 @@ def supervised_phase(
     rng.shuffle(examples)
     ids = encode_texts(tokenizer, [t for t, _ in examples], config.max_length)
     labels = torch.tensor([float(y or 0) for _, y in examples])
-    steps = math.ceil(args.epochs * len(ids) / args.batch_size)
+    steps = math.ceil(args.head_epochs * len(ids) / args.batch_size)
     history["supervised-examples"] = {"unique": len(ids), "positives": int(labels.sum())}
     # length often tells the classes apart: plain length bucketing would make single-class batches,
     # which stall learning; stratified bucketing keeps both classes in every batch
@@ -412,7 +419,7 @@ def oneclass_phase(
     texts = [sep.join(x) for x in normal_lines]
     ids = encode_texts(tokenizer, texts, config.max_length)
     pool = sorted({line for seq in normal_lines for line in seq})
-    steps = math.ceil(args.epochs * (epoch_size or len(ids)) / args.batch_size)
+    steps = math.ceil(args.head_epochs * (epoch_size or len(ids)) / args.batch_size)
     half = max(1, args.batch_size // 2)
     batches = _cycle_batches([len(x) for x in ids], half, rng)
     pad_id = int(tokenizer.pad_token_id or 0)
@@ -475,10 +482,11 @@ def calibrate(
     sep = detector.config.line_separator
     bank = detector.raw_from_texts(bank_texts, ["head"])["pooled"]
     detector.bank = torch.as_tensor(bank)
-    raw_calib = detector.raw_from_texts(calib_texts, COMPONENTS)
     cal = detector.calibration
+    baseline_notes = detector.fit_line_baseline(calib_texts)
+    raw_calib = detector.raw_from_texts(calib_texts, COMPONENTS)
     cal.stats = {c: ScoreStats.robust(raw_calib[c]) for c in COMPONENTS}
-    notes: dict[str, Any] = {"bank_size": len(bank_texts), "calib_size": len(calib_texts)}
+    notes: dict[str, Any] = {"bank_size": len(bank_texts), "calib_size": len(calib_texts), **baseline_notes}
     labeled = val is not None and len({y for y in val.labels if y is not None}) == 2
     if val is not None and labeled:
         keep = [i for i, y in enumerate(val.labels) if y is not None]
@@ -676,7 +684,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         "seed", "threads", "device",
     ):  # fmt: skip
         value = getattr(defaults, name)
-        kind = type(value) if value is not None else int
+        kind = type(value) if value is not None else (float if name == "epochs" else int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     p.add_argument("--no-progress", action="store_true")
     ns = p.parse_args(argv)

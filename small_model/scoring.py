@@ -103,6 +103,12 @@ class Calibration:
     contamination: float = 0.05
     knn_k: int = 1
     recon_reduce: Literal["mean", "max_line", "topk", "max"] = "max"
+    # masked line modeling: the mean NLL of each line class on held-out normal sequences and its
+    # spread (standard deviation + 0.5). A line's score is its NLL standardized by those, so lines that
+    # are unpredictable by nature (a background GC pause at a random place, a duration bucket that
+    # varies) do not drown a line out of place
+    line_baseline: list[float] | None = None
+    line_scale: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -387,9 +393,11 @@ class MoEBertDetector:
         scored = maskable(input_ids, attention_mask, self._never)  # (B, T)
         return reduce_nll(nll, scored, input_ids, int(self.tokenizer.sep_token_id), self.calibration.recon_reduce)
 
-    def _recon_lines(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
-        """Masked line modeling score: each line masked whole in turn (``recon_passes`` strided passes),
-        the NLL of its class under the line head; per sequence the worst line (``mean``: the average)."""
+    def _line_nll(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each line masked whole in turn (``recon_passes`` strided passes): ``(nll, classes)``, both (B, L),
+        the NLL of each line's class under the line head and the class (-100 where no line or a cut one)."""
         sep_id = int(self.tokenizer.sep_token_id)
         vocab = self.config.line_vocab or []
         if len(self._line_map) != len(vocab):
@@ -398,7 +406,7 @@ class MoEBertDetector:
         num_lines = int(line_index(input_ids, sep_id).max()) + 1
         passes = self.config.recon_passes
         nll = torch.zeros(input_ids.shape[0], num_lines)
-        scored = torch.zeros(input_ids.shape[0], num_lines, dtype=torch.bool)
+        classes = torch.full((input_ids.shape[0], num_lines), -100, dtype=torch.long)
         masks = strided_masks(input_ids, attention_mask, self._never, int(self.tokenizer.mask_token_id), passes, sep_id)
         for j, (masked_ids, _) in enumerate(masks):
             chosen = (torch.arange(num_lines) % passes == j)[None].expand(input_ids.shape[0], -1)
@@ -406,10 +414,50 @@ class MoEBertDetector:
             out = self.model(input_ids=masked_ids, attention_mask=attention_mask, line_labels=targets)
             assert out.line_nll is not None
             nll += out.line_nll.float().cpu()
-            scored |= targets != -100
+            classes = torch.where(targets != -100, targets, classes)
+        return nll, classes
+
+    def _recon_lines(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
+        """Masked line modeling score: per line its NLL above the class baseline; per sequence the worst
+        line (``mean``: the average)."""
+        nll, classes = self._line_nll(input_ids, attention_mask, texts)
+        scored = classes != -100
+        baseline, scale = self.calibration.line_baseline, self.calibration.line_scale
+        if baseline:
+            nll = nll - torch.tensor(baseline, dtype=nll.dtype)[classes.clamp_min(0)]
+        if scale:
+            nll = nll / torch.tensor(scale, dtype=nll.dtype)[classes.clamp_min(0)]
         if self.calibration.recon_reduce == "mean":
-            return (nll.sum(dim=1) / scored.sum(dim=1).clamp_min(1)).double().numpy()
-        return nll.masked_fill(~scored, 0.0).max(dim=1).values.double().numpy()
+            return (nll.masked_fill(~scored, 0.0).sum(dim=1) / scored.sum(dim=1).clamp_min(1)).double().numpy()
+        return nll.masked_fill(~scored, float("-inf")).max(dim=1).values.clamp_min(-1e6).double().numpy()
+
+    @torch.inference_mode()
+    def fit_line_baseline(self, texts: Sequence[str], min_count: int = 3, spread: float = 0.5) -> dict[str, Any]:
+        """Set ``calibration.line_baseline``/``line_scale`` from normal ``texts``: the mean NLL of each line
+        class seen at least ``min_count`` times and its standard deviation + ``spread`` (0 and 1 for
+        the others, which keep their raw NLL). Returns a summary."""
+        if self.model.line_head is None or self.config.recon_masking != "lines" or not texts:
+            return {}
+        num_classes = len(self.config.line_vocab or []) + 1
+        sums, squares, counts = torch.zeros(num_classes), torch.zeros(num_classes), torch.zeros(num_classes)
+        unique = sorted(set(texts))
+        ids = encode_texts(self.tokenizer, unique, self.config.max_length)
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+        for start in range(0, len(ids), self.batch_size):
+            input_ids, attention_mask = pad_batch(ids[start : start + self.batch_size], pad_id)
+            nll, classes = self._line_nll(input_ids, attention_mask, unique[start : start + self.batch_size])
+            keep = classes != -100
+            sums.index_add_(0, classes[keep], nll[keep])
+            squares.index_add_(0, classes[keep], nll[keep] ** 2)
+            counts.index_add_(0, classes[keep], torch.ones(int(keep.sum())))
+        seen = counts >= min_count
+        mean = sums / counts.clamp_min(1)
+        std = (squares / counts.clamp_min(1) - mean**2).clamp_min(0).sqrt()
+        baseline = torch.where(seen, mean, torch.zeros_like(mean))
+        scale = torch.where(seen, std + spread, torch.ones_like(std))
+        self.calibration.line_baseline = [round(float(x), 5) for x in baseline]
+        self.calibration.line_scale = [round(float(x), 5) for x in scale]
+        return {"line_baseline_classes": int((counts >= min_count).sum()), "line_baseline_texts": len(unique)}
 
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
         """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of sequences."""
