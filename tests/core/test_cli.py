@@ -11,7 +11,9 @@ from core.io import read_records
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def test_prepare_bgl_keeps_alert_labels(tmp_path: Path, loghub_dir: Path) -> None:
@@ -26,14 +28,18 @@ def test_prepare_text_sliding_and_events(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     log.write_text("\n".join(f"2024-01-01 10:00:{i:02d} INFO step {i}" for i in range(25)) + "\n")
     out = tmp_path / "w.json"
-    result = run_cli("prepare", str(log), "--window-type", "sliding", "--window-size", "10", "--step", "5", "-o", str(out))
+    result = run_cli(
+        "prepare", str(log), "--window-type", "sliding", "--window-size", "10", "--step", "5", "-o", str(out)
+    )
     assert result.returncode == 0, result.stderr
     windows = read_records(out)
     assert [len(w.log_entries) for w in windows] == [10, 10, 10, 10]
     events = tmp_path / "events.jsonl"
     events.write_text("\n".join(json.dumps({"ts": i, "message": f"event {i}", "req": f"r{i % 2}"}) for i in range(6)))
     out2 = tmp_path / "s.csv"
-    result = run_cli("prepare", str(events), "--window-type", "session", "--session-key", r"event (\d)", "-o", str(out2))
+    result = run_cli(
+        "prepare", str(events), "--window-type", "session", "--session-key", r"event (\d)", "-o", str(out2)
+    )
     assert result.returncode == 0, result.stderr
     assert len(read_records(out2)) == 6
 

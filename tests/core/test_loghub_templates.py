@@ -27,7 +27,7 @@ def test_bgl_sample_becomes_labelled_windows(loghub_dir: Path) -> None:
         assert w.label == int(any(window_alerts))
         assert (w.anomaly_type is None) == (w.label == 0)
         assert not any(line.startswith("- ") for line in w.log_entries)  # the label column is gone
-    assert 0 < sum(w.label for w in windows) < 200
+    assert 0 < sum(int(w.label or 0) for w in windows) < 200
     train, test = chronological_split(windows, 0.6)
     assert all(r.label == 0 for r in train) and len(test) == 80
 
