@@ -242,9 +242,11 @@ def line_keys(text: str, separator: str, vocab: dict[str, int], other: int) -> l
 def line_targets(
     input_ids: torch.Tensor, keys: Sequence[Sequence[int]], sep_id: int, chosen: torch.Tensor
 ) -> torch.Tensor:
-    """(B, L) line classes where ``chosen`` (B, L) and the line is whole in the ids, -100 elsewhere.
+    """(B, L) line classes where ``chosen`` (B, L) and the line is in the ids, -100 elsewhere.
 
-    A line cut by truncation (the ids hold fewer [SEP] than the text has lines) has no target.
+    When truncation cut the text (the ids hold fewer [SEP] than the text has lines), the lines
+    past the cut and the line it cut have no target. A cut inside the last line leaves the [SEP]
+    count whole: that line keeps its class (predicted from context, it is the same line).
     """
     out = torch.full(chosen.shape, -100, dtype=torch.long)
     seps = (input_ids == sep_id).sum(dim=1)  # (B,) lines present, the last one possibly cut
