@@ -66,9 +66,9 @@ def label_trained_model(tiny_base: Path, toy_split: tuple[list[Example], list[Ex
     model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
     encoder = PromptEncoder(tokenizer, TOY_LABELS, 512)
     encoded = [encoder.encode_example(e, 512) for e in toy_split[0]]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
-    for step in range(300):
+    for step in range(400):
         batch = [encoded[(step * 8 + i) % len(encoded)] for i in range(8)]
         width = max(len(ids) for ids, _ in batch)
         ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _ in batch])

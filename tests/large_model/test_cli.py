@@ -34,10 +34,11 @@ def test_add_commands_registers_three_handlers() -> None:
 
 
 def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    lines = [
+    lines = [  # a sequence of the toy model's training distribution: the test is of the CLI, not of the toy model
         "INFO auth handling request 7",
         "WARN auth access denied for user 4711",
         "ERROR auth 403 forbidden: missing role",
+        "INFO auth request done",
     ]
     argv = ["explain", "--model", str(label_model_dir), "--device", "cpu", "--dtype", "fp32", "--backend", "inprocess"]
     for line in lines:
@@ -52,7 +53,10 @@ def test_explain_reads_plain_log_files_with_bad_bytes(
     label_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log_file = tmp_path / "seq.log"
-    log_file.write_bytes(b"ERROR orders query failed: deadlock detected \xff\n\nERROR orders db pool error\n")
+    log_file.write_bytes(
+        b"INFO orders handling request 12 \xff\n\nERROR orders query failed: deadlock detected on table orders\n"
+        b"ERROR orders db pool error\nINFO orders request done\n"
+    )
     argv = ["explain", "--model", str(label_model_dir), "--input", str(log_file), "--device", "cpu"]
     assert cli.main([*argv, "--dtype", "fp32", "--backend", "inprocess", "--max-new-tokens", "8"]) == 0
     assert json.loads(capsys.readouterr().out)["category"] == "database_error"
