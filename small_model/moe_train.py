@@ -10,8 +10,9 @@ Label-free (normal or unlabeled sequences only; anomalies in the file are droppe
     OMP_WAIT_POLICY=PASSIVE python -m small_model.moe_train --unsupervised \
         --train data/splits/train_normal.json --val data/splits/val.json --out artifacts/detector-unsup
 
-Steps: (a) masked log modeling on the normal/unlabeled sequences, stage 1 with dense experts,
-stage 2 with Top-P routing and the load-balancing loss; (b) supervised: the head (and the encoder
+Steps: (a) masked log modeling on the normal/unlabeled sequences (random tokens and whole lines
+masked; a line head names each masked line in a vocabulary of the normalized training lines),
+stage 1 with dense experts, stage 2 with Top-P routing and the load-balancing loss; (b) supervised: the head (and the encoder
 under it) trained with BCE; or (c) label-free: the head trained as a one-class model against
 synthetic negatives (normal sequences with lines dropped, duplicated, swapped, shuffled or
 replaced, or a word replaced), jointly with the masked modeling loss; then a bank of training
@@ -101,7 +102,7 @@ class TrainArgs:
     knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
     bank_size: int = 4096
     calib_fraction: float = 0.1  # normal training sequences held out for score normalization
-    recon_reduce: str = "max"  # max token NLL: one out-of-place token (a latency bucket) is enough
+    recon_reduce: str = "max"  # the worst line (lines) or token (tokens): one line out of place is enough
     mlm_line_probability: float = 0.25  # masked line modeling: share of lines masked whole
     line_vocab_max: int = 4096  # the line head's classes: the most frequent normalized training lines
     recon_masking: str = "lines"  # reconstruction score: each line predicted from the others

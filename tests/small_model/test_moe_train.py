@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from core.errors import DataError
-from small_model.moe_train import TrainArgs, parse_args, train_detector
+from small_model.moe_train import TrainArgs, detector_config, parse_args, train_detector
 from small_model.scoring import MoEBertDetector
 
 torch.set_num_threads(1)
@@ -197,3 +197,10 @@ def test_cli_flags_map_onto_train_args() -> None:
     args = parse_args(["--train", "t.json", "--out", "o", "--unsupervised", "--epochs", "2", "--max-length", "64"])
     assert args.unsupervised and args.epochs == 2.0 and args.max_length == 64
     assert args.train_file == Path("t.json") and args.output_dir == Path("o")
+    assert args.head_epochs == 2.0
+    defaults = parse_args(["--train", "t.json", "--mlm-line-probability", "0.4", "--recon-masking", "tokens"])
+    assert defaults.epochs is None and defaults.head_epochs == 1.0  # supervised default
+    assert parse_args(["--train", "t.json", "--unsupervised"]).head_epochs == 0.3  # label-free default
+    assert defaults.mlm_line_probability == 0.4 and defaults.recon_masking == "tokens"
+    config = detector_config(defaults)
+    assert config.mlm_line_probability == 0.4 and config.recon_masking == "tokens"
