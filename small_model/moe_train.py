@@ -103,7 +103,7 @@ class TrainArgs:
     bank_size: int = 4096
     calib_fraction: float = 0.1  # normal training sequences held out for score normalization
     recon_reduce: str = "max"  # the worst line (lines) or token (tokens): one line out of place is enough
-    mlm_line_probability: float = 0.25  # masked line modeling: share of lines masked whole
+    mlm_line_probability: float = 0.5  # masked line modeling: share of lines masked whole
     line_vocab_max: int = 4096  # the line head's classes: the most frequent normalized training lines
     recon_masking: str = "lines"  # reconstruction score: each line predicted from the others
     mlm_vocab: str = "corpus"  # corpus: decode only token ids seen in training (+ other); full: all
