@@ -269,7 +269,7 @@ class MoEBertDetector:
         self.metrics = metrics or {}
         self.batch_size = batch_size
         self._never = special_ids(tokenizer)
-        self._line_map: dict[str, int] = {}
+        self._line_map = {line: i for i, line in enumerate(model.config.line_vocab or [])}
 
     # ------------------------------------------------------------------------- properties
 
@@ -399,10 +399,7 @@ class MoEBertDetector:
         """Each line masked whole in turn (``recon_passes`` strided passes): ``(nll, classes)``, both (B, L),
         the NLL of each line's class under the line head and the class (-100 where no line or a cut one)."""
         sep_id = int(self.tokenizer.sep_token_id)
-        vocab = self.config.line_vocab or []
-        if len(self._line_map) != len(vocab):
-            self._line_map = {line: i for i, line in enumerate(vocab)}
-        keys = [line_keys(t, self.config.line_separator, self._line_map, len(vocab)) for t in texts]
+        keys = [line_keys(t, self.config.line_separator, self._line_map, len(self._line_map)) for t in texts]
         num_lines = int(line_index(input_ids, sep_id).max()) + 1
         passes = self.config.recon_passes
         nll = torch.zeros(input_ids.shape[0], num_lines)
