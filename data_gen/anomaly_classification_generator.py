@@ -7,8 +7,11 @@ Anomalous sequences only (the explainer sees what the detector flagged). They co
 sequence generator, or from ``--input`` (a sequence file; its anomalous records are used).
 Writes ``anomaly_classification.jsonl``, ``instructions_alpaca.jsonl`` ({instruction, input,
 output}), ``instructions_chat.jsonl`` ({messages}, plus sequence_id, lang and log_entries) and
-``labels.json``; line i of the two instruction files is the same example. The same seed gives
-byte-identical files.
+``labels.json``; line i of the two instruction files is the same example. It also writes
+``normal_reference.jsonl``: normal sequences (sequence records, label 0) in the same languages,
+difficulty and noise (``--num-reference``, default 600; 0: not written), from a seed of their
+own, or with ``--input`` that file's normal records; the explainer's trainer compares each
+sequence with them (``large_model.evidence``). The same seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DataError, LogTriageError
-from core.io import read_records, write_json, write_jsonl
+from core.io import read_records, write_json, write_jsonl, write_records
 from core.schema import SequenceRecord
 from data_gen.anomalies import ANOMALY_TYPES, BASE_SEVERITY, SEVERITIES, TYPE_TITLES
 from data_gen.catalog import FLOWS, lang_index, service_name
@@ -37,6 +40,7 @@ CLASSIFICATION_FILE = "anomaly_classification.jsonl"
 ALPACA_FILE = "instructions_alpaca.jsonl"
 CHAT_FILE = "instructions_chat.jsonl"
 LABELS_FILE = "labels.json"
+REFERENCE_FILE = "normal_reference.jsonl"  # large_model.evidence.REFERENCE_FILE (data_gen imports no model code)
 ANSWER_KEYS = ("category", "severity", "summary", "root_cause", "suggested_response")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -217,6 +221,38 @@ def generated_records(
     return out[0], out[1]
 
 
+def reference_records(
+    num: int, lang: str, difficulty: str, noise: float, seed: int, progress: bool
+) -> list[SequenceRecord]:
+    """Normal sequences, ``num`` in all, in the languages of the sets (half each for ``both``), their own seeds."""
+    records: list[SequenceRecord] = []
+    for code, count in _lang_counts(num, lang).items():
+        if count == 0:
+            continue
+        config = GeneratorConfig(
+            num_sequences=count,
+            anomaly_ratio=0.0,
+            difficulty=difficulty,
+            noise=noise,
+            lang=code,
+            seed=derive_seed(seed, f"ref:{code}") % (2**31),
+            id_prefix=f"ref-{code}",
+        )
+        records.extend(generate_sequences(config, progress))
+    return records
+
+
+def reference_from_input(path: Path, num: int, lang: str, seed: int) -> list[SequenceRecord]:
+    """Up to ``num`` normal records (label 0 or none) of a sequence file, in the chosen language(s), seeded sample."""
+    normal = [r for r in read_records(path) if r.label != 1]
+    if lang != "both":
+        normal = [r for r in normal if record_lang(r) == lang]
+    if len(normal) > num:
+        keep = sorted(random.Random(derive_seed(seed, "ref:input")).sample(range(len(normal)), num))
+        normal = [normal[i] for i in keep]
+    return normal
+
+
 def records_from_input(
     path: Path, n_classification: int, n_instructions: int, lang: str, seed: int
 ) -> tuple[list[SequenceRecord], list[SequenceRecord]]:
@@ -257,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, default=Path("data"), help="output folder (default data/)")
     parser.add_argument("--num-classification", type=int, default=4500, help="classification samples (default 4500)")
     parser.add_argument("--num-instructions", type=int, default=2000, help="instruction records (default 2000)")
+    parser.add_argument(
+        "--num-reference",
+        type=int,
+        default=600,
+        help=f"normal sequences written to {REFERENCE_FILE}, the explainer's reference of normal runs "
+        "(default 600; 0: none)",
+    )
     parser.add_argument("--lang", choices=("en", "zh", "both"), default="both", help="language (default both)")
     parser.add_argument("--difficulty", choices=DIFFICULTIES, default="hard", help="for generated sequences")
     parser.add_argument("--noise", type=float, default=0.05, help="background-line chance, generated sequences")
@@ -271,12 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet)
 
     def body() -> int:
-        if args.num_classification < 0 or args.num_instructions < 0:
-            raise LogTriageError("--num-classification and --num-instructions must not be negative")
+        if args.num_classification < 0 or args.num_instructions < 0 or args.num_reference < 0:
+            raise LogTriageError("--num-classification, --num-instructions and --num-reference must not be negative")
         if args.input is not None:
             cls_records, ins_records = records_from_input(
                 args.input, args.num_classification, args.num_instructions, args.lang, args.seed
             )
+            reference = reference_from_input(args.input, args.num_reference, args.lang, args.seed)
+            if args.num_reference and not reference:
+                log.warning("%s has no normal records: no %s written", args.input, REFERENCE_FILE)
         else:
             GeneratorConfig(noise=args.noise, difficulty=args.difficulty).validate()
             cls_records, ins_records = generated_records(
@@ -288,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
                 not args.quiet,
             )
+            reference = reference_records(
+                args.num_reference, args.lang, args.difficulty, args.noise, args.seed, not args.quiet
+            )
         samples = [classification_sample(r) for r in cls_records]
         instruction_samples = [classification_sample(r) for r in ins_records]
         categories = label_set(samples + instruction_samples)
@@ -296,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(out / CLASSIFICATION_FILE, samples)
         write_jsonl(out / ALPACA_FILE, (alpaca for alpaca, _ in pairs))
         write_jsonl(out / CHAT_FILE, (chat for _, chat in pairs))
+        if reference:
+            write_records(out / REFERENCE_FILE, reference)
         write_json(
             out / LABELS_FILE,
             {
@@ -306,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         langs = Counter(s["lang"] for s in samples + instruction_samples)
         log.info(
-            "%d classification samples, %d instruction records (%s) -> %s",
+            "%d classification samples, %d instruction records (%s), %d normal reference runs -> %s",
             len(samples),
             len(pairs),
             ", ".join(f"{k}={v}" for k, v in sorted(langs.items())),
+            len(reference),
             out,
         )
         return 0

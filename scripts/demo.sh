@@ -13,7 +13,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "1. synthetic microservice logs (hard difficulty) and the stratified split"
 [ -f data/log_sequences_strings.json ] || $PY data_gen/log_sequence_generator.py --difficulty hard
 [ -f data/splits/test.json ] || $PY data_gen/data_splitter.py --input data/log_sequences_strings.json
-[ -f data/instructions_chat.jsonl ] || $PY data_gen/anomaly_classification_generator.py
+[ -f data/instructions_chat.jsonl ] && [ -f data/normal_reference.jsonl ] || $PY data_gen/anomaly_classification_generator.py
 
 step "2. real logs: loghub samples into sequence records"
 if [ -d "$LOGHUB" ]; then
