@@ -14,15 +14,21 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import DataError
 from large_model import prompts
 from large_model.schema import LabelSet
 
+if TYPE_CHECKING:
+    from large_model.evidence import FlowProfile
+
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = 3  # 2: head-of-line timestamps as offsets; 3: compact instructions, ms offsets, short hex ids
+# 2: head-of-line timestamps as offsets; 3: compact instructions, ms offsets, short hex ids;
+# 4: the comparison with normal runs of the flow in the context (where the explainer has a flow profile)
+PROMPT_VERSION = 4
+OVERHEAD_CACHE = 512  # prompt overheads kept per encoder (one per distinct language + context)
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -50,7 +56,14 @@ class Example:
 
 
 class PromptEncoder:
-    """Builds and tokenizes prompts that fit a token budget."""
+    """Builds and tokenizes prompts that fit a token budget.
+
+    With a :class:`~large_model.evidence.FlowProfile`, every prompt built from log lines gets the
+    comparison of those lines with the normal runs of their flow as its first context entry
+    (:meth:`FlowProfile.context_for`); a key of the caller's context of the same name wins.
+    Training, evaluation and inference all build their prompts here, so they carry the same
+    evidence.
+    """
 
     def __init__(
         self,
@@ -59,12 +72,14 @@ class PromptEncoder:
         max_prompt_tokens: int = 1024,
         relative_time: bool = True,
         short_ids: bool = True,
+        profile: FlowProfile | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_prompt_tokens = max_prompt_tokens
         self.relative_time = relative_time
         self.short_ids = short_ids
+        self.profile = profile
         self._overhead: dict[tuple[str, str], int] = {}
 
     def count(self, text: str) -> int:
@@ -86,12 +101,15 @@ class PromptEncoder:
         """Chat messages for a sequence fitted to ``max_tokens - reserve``; returns them and the lines cut."""
         lang = prompts.check_lang(lang)
         lines = prompts.clean_lines(log_entries)
+        context = self.context_with_evidence(lines, lang, context)
         if self.relative_time:
             lines = prompts.relative_timestamps(lines)
         if self.short_ids:
             lines = [prompts.shorten_ids(line) for line in lines]
         key = (lang, prompts.format_context(context, lang))
         if key not in self._overhead:
+            if len(self._overhead) >= OVERHEAD_CACHE:  # the evidence makes most contexts distinct
+                self._overhead.clear()
             bare = prompts.build_messages([], lang, self.labels.categories, self.labels.severities, context)
             self._overhead[key] = self.count(self.render(bare))
         limit = (max_tokens if max_tokens is not None else self.max_prompt_tokens) - reserve
@@ -108,6 +126,16 @@ class PromptEncoder:
             fitted, lang, self.labels.categories, self.labels.severities, context, total=len(lines)
         )
         return msgs, omitted
+
+    def context_with_evidence(
+        self, lines: Sequence[str], lang: str, context: Mapping[str, Any] | None = None
+    ) -> Mapping[str, Any] | None:
+        """The caller's context with the flow comparison of ``lines`` first (the caller's keys win)."""
+        if context is not None and not isinstance(context, Mapping):
+            raise DataError("context must be an object of key/value pairs")
+        if self.profile is None:
+            return context
+        return {**self.profile.context_for(lines, lang), **(context or {})}
 
     def prompt_text(
         self,

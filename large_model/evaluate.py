@@ -9,7 +9,9 @@ folder). Figures: category accuracy and macro-F1, severity accuracy, the categor
 matrix, the schema-valid rate (the generated text held all three text fields as JSON, before any
 fill-in; the returned Explanation always validates), ROUGE-L F1 of suggested responses and root
 causes against the references, and latency per explanation. ``--compare-base`` evaluates the
-untuned base the same way (same prompts, same label scoring) beside it.
+untuned base the same way (same prompts, same label scoring) beside it. Where the model folder
+holds a flow profile (trained with the comparison with normal runs, :mod:`large_model.evidence`),
+both the tuned model and the base get that comparison in their prompts: the same input.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ def evaluate_explainer(
     return {
         "model": explainer.name,
         "base": explainer.base,
+        "evidence": getattr(explainer, "flow_profile", None) is not None,
         "n": len(rows),
         "n_generated": generated_n,
         "label_scoring_mean_s": statistics.fmean(scoring_s) if scoring_s else None,
@@ -248,6 +251,7 @@ def run(ns: argparse.Namespace) -> int:
             dtype=ns.dtype,
             max_new_tokens=ns.max_new_tokens,
             labels=explainer.labels,
+            flow_profile=explainer.flow_profile,  # the same prompts as the tuned model's
         )
         del explainer
         reports["base"] = evaluate_explainer(base, rows, ns.progress, "base", ns.generate_limit)

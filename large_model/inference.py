@@ -16,6 +16,11 @@ filled with a fixed sentence and the result marked not strictly valid (``Explain
 :class:`OpenAIExplainer` does the same against an OpenAI-compatible server (vLLM serving the
 base with the adapter); see its docstring.
 
+Evidence: where the explainer folder holds ``flow_profile.json`` (the run trained with the
+comparison with normal runs, :mod:`large_model.evidence`), every prompt gets that comparison in
+its context, as in training; keys of the caller's ``context`` win on a conflict. A folder whose
+``explainer.json`` says ``"evidence": true`` without the file is a :class:`ModelError`.
+
 Bad input: an empty sequence or a non-text line is a :class:`DataError`; bytes are decoded with
 invalid UTF-8 replaced; long sequences keep their head and tail lines (:func:`prompts.fit_lines`);
 a context too small for even the instructions is a :class:`DataError`.
@@ -34,10 +39,11 @@ from typing import Any, Protocol
 
 import torch
 
-from core.errors import ModelError
+from core.errors import LogTriageError, ModelError
 from large_model import prompts
 from large_model.bundled import BUNDLED_ALIASES, resolve_base
 from large_model.encoding import PromptEncoder, end_of_turn_id
+from large_model.evidence import FLOW_PROFILE_FILE, FlowProfile
 from large_model.quant import bitsandbytes_available, get_quantization_config, parse_dtype, resolve_device
 from large_model.schema import Explanation, LabelSet
 
@@ -207,6 +213,26 @@ class PrefixScorer:
         self.cached_ids = []
 
 
+def folder_profile(folder: Path, meta: Mapping[str, Any] | None = None) -> FlowProfile | None:
+    """The flow profile an explainer folder was trained with, if any (``flow_profile.json``).
+
+    ``meta``: the folder's ``explainer.json`` (read here when not given).
+    """
+    if meta is None:
+        meta = _read_meta(folder)
+    path = folder / FLOW_PROFILE_FILE
+    if path.is_file():
+        try:
+            profile = FlowProfile.load(path)
+        except LogTriageError as exc:
+            raise ModelError(f"cannot load the flow profile of {folder}: {exc}") from None
+        log.info("flow evidence on: %s (%s)", path, profile.describe())
+        return profile
+    if meta and meta.get("evidence"):
+        raise ModelError(f"{folder} was trained with the flow evidence but holds no {FLOW_PROFILE_FILE}")
+    return None
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     meta_file = path / "explainer.json"
     if not meta_file.is_file():
@@ -232,6 +258,7 @@ class Explainer:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         relative_time: bool = True,
         short_ids: bool = True,
+        flow_profile: FlowProfile | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -244,7 +271,9 @@ class Explainer:
         self.max_prompt_tokens = min(max_prompt_tokens, context - max_new_tokens - ANSWER_RESERVE)
         if self.max_prompt_tokens < 64:
             raise ModelError(f"the model's context ({context} tokens) is too small for the explainer")
-        self.encoder = PromptEncoder(tokenizer, labels, self.max_prompt_tokens, relative_time, short_ids)
+        self.encoder = PromptEncoder(
+            tokenizer, labels, self.max_prompt_tokens, relative_time, short_ids, profile=flow_profile
+        )
         stops = {end_of_turn_id(tokenizer)}
         if tokenizer.eos_token_id is not None:
             stops.add(int(tokenizer.eos_token_id))
@@ -259,8 +288,14 @@ class Explainer:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         labels: LabelSet | None = None,
         merge: bool = True,
+        flow_profile: FlowProfile | None = None,
     ) -> Explainer:
-        """Load an explainer folder (adapter + meta), or a plain base model folder / hub id / ``bundled``."""
+        """Load an explainer folder (adapter + meta), or a plain base model folder / hub id / ``bundled``.
+
+        ``flow_profile``: the comparison with normal runs to put in the prompts; default: the
+        folder's ``flow_profile.json`` where it has one (``evaluate-large --compare-base`` hands
+        the tuned model's to the base, so both see the same prompts).
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dev = resolve_device(device)
@@ -276,7 +311,18 @@ class Explainer:
             label_set = labels or (
                 LabelSet.from_json(folder / "labels.json") if (folder / "labels.json").is_file() else LabelSet()
             )
-            return cls(model, tokenizer, label_set, base_name, base_name, dev, max_new_tokens=max_new_tokens)
+            if flow_profile is None and folder.is_dir():
+                flow_profile = folder_profile(folder)
+            return cls(
+                model,
+                tokenizer,
+                label_set,
+                base_name,
+                base_name,
+                dev,
+                max_new_tokens=max_new_tokens,
+                flow_profile=flow_profile,
+            )
         meta = _read_meta(folder)
         base_name = str(meta.get("base") or "")
         base_path = str(meta.get("base_path") or "")
@@ -287,6 +333,8 @@ class Explainer:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         label_set = labels or LabelSet.from_json(folder / "labels.json")
+        if flow_profile is None:
+            flow_profile = folder_profile(folder, meta)
         model = _load_base_for_merge(base_path, meta.get("quantization") == "nf4", torch_dtype, dev)
         from peft import PeftModel
 
@@ -306,7 +354,13 @@ class Explainer:
             max_new_tokens=max_new_tokens,
             relative_time=bool(meta.get("relative_time", False)),
             short_ids=bool(meta.get("short_ids", False)),
+            flow_profile=flow_profile,
         )
+
+    @property
+    def flow_profile(self) -> FlowProfile | None:
+        """The comparison with normal runs the prompts carry (None: no evidence)."""
+        return self.encoder.profile
 
     def explain(
         self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None

@@ -21,6 +21,10 @@ Truncation (:func:`fit_lines`): a line longer than ``max_line_chars`` keeps its 
 with ``…``. When the lines still need more tokens than the budget, the head and the tail of the
 sequence are kept (half the budget each: the first lines show what was going on, the last ones
 how it ended) and one marker line ``... [N lines omitted] ...`` stands for the middle.
+
+Context (:func:`format_context`): at most 12 ``key: value`` lines after the log, each value cut
+to 200 characters, except the comparison with normal runs of :mod:`large_model.evidence`
+(key :data:`EVIDENCE_KEYS`), which may take 900.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ LABEL_END = '",'  # what follows a label in the canonical JSON (tokenizers merge
 MAX_LINE_CHARS = 400
 MAX_CONTEXT_ITEMS = 12
 MAX_CONTEXT_CHARS = 200
+MAX_EVIDENCE_CHARS = 900  # the comparison with normal runs (large_model.evidence): up to 6 findings
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 SYSTEM_PROMPTS = {
@@ -54,6 +59,8 @@ SYSTEM_PROMPTS = {
 USER_HEADERS = {"en": "Log ({n} lines):", "zh": "日志（{n} 行）："}
 CONTEXT_HEADERS = {"en": "Context:", "zh": "上下文："}
 OMITTED = {"en": "... [{n} lines omitted] ...", "zh": "... [省略 {n} 行] ..."}
+# the context key of the flow comparison (large_model.evidence); its value may run to MAX_EVIDENCE_CHARS
+EVIDENCE_KEYS = {"en": "compared with normal runs", "zh": "与正常运行对比"}
 
 
 def check_lang(lang: str) -> str:
@@ -219,8 +226,12 @@ def format_context(context: Mapping[str, Any] | None, lang: str) -> str:
     items = []
     for key, value in list(context.items())[:MAX_CONTEXT_ITEMS]:
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-        items.append(f"{_clean_text(str(key), 0)[:60]}: {_cap_line(_clean_text(text, 0), MAX_CONTEXT_CHARS)}")
+        cap = MAX_EVIDENCE_CHARS if key in _EVIDENCE_KEY_SET else MAX_CONTEXT_CHARS
+        items.append(f"{_clean_text(str(key), 0)[:60]}: {_cap_line(_clean_text(text, 0), cap)}")
     return CONTEXT_HEADERS[lang] + "\n" + "\n".join(items)
+
+
+_EVIDENCE_KEY_SET = frozenset(EVIDENCE_KEYS.values())
 
 
 def system_prompt(lang: str, categories: Sequence[str], severities: Sequence[str]) -> str:

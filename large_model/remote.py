@@ -6,7 +6,9 @@ Serve it, for instance, with::
 
 and set ``LOGTRIAGE_LLM_BACKEND=openai``, ``LOGTRIAGE_OPENAI_BASE_URL=http://host:8000``,
 ``LOGTRIAGE_OPENAI_MODEL=explainer``. The prompt is rendered here with the adapter folder's
-tokenizer and chat template (the server sees exactly the training text).
+tokenizer and chat template (the server sees exactly the training text), with the folder's
+flow comparison (``flow_profile.json``, :mod:`large_model.evidence`) in its context where the
+run trained with it, as the in-process explainer does.
 
 ``mode="completions"`` (default, exact): label scoring sends all labels of a field in ONE
 ``/v1/completions`` request (a list of prompts ``prompt + prefix + label + '",'``) with
@@ -35,7 +37,8 @@ import httpx
 from core.errors import ModelError
 from large_model import prompts
 from large_model.encoding import PromptEncoder
-from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult, build_explanation
+from large_model.evidence import FlowProfile
+from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult, build_explanation, folder_profile
 from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class OpenAIExplainer:
         mode: str = "completions",
         base: str | None = None,
         client: httpx.Client | None = None,
+        flow_profile: FlowProfile | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -74,7 +78,9 @@ class OpenAIExplainer:
         self.base = base or model
         self.mode = mode
         self.max_new_tokens = max_new_tokens
-        self.encoder = PromptEncoder(self.tokenizer, labels, max_prompt_tokens)
+        if flow_profile is None:
+            flow_profile = folder_profile(folder)
+        self.encoder = PromptEncoder(self.tokenizer, labels, max_prompt_tokens, profile=flow_profile)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
         if client is not None and headers:

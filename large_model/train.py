@@ -12,7 +12,17 @@ where it imports. A fraction of the sequences (by a hash of their id) is held ou
 ``--save-every`` steps; ``--resume`` continues from the last one. The output folder holds the
 PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``; vLLM serves it with the
 base), the tokenizer, ``labels.json``, ``explainer.json`` (base name and path, backend,
-quantization, prompt settings) and ``metrics.json``.
+quantization, prompt settings, evidence on or off), ``flow_profile.json`` (with the evidence)
+and ``metrics.json``.
+
+Evidence (:mod:`large_model.evidence`): the normal runs of ``--reference`` (default:
+``normal_reference.jsonl`` beside ``--data``, which ``data_gen/anomaly_classification_generator.py``
+writes) make a flow profile, and every prompt built from log lines gets, in its context, how
+the sequence differs from the normal runs of its flow (a step missing, two steps swapped, a line
+repeated, a step slower, lines never seen). The profile is saved in the output folder, so
+evaluation and inference build the same prompts. No default reference file: a warning, and the
+run trains without evidence; ``--no-evidence`` turns it off. Records with chat messages and no
+``log_entries`` keep their prompts as written (no evidence).
 
 Defaults aim at the bundled 135M base on one CPU core in under 30 minutes: LoRA r=16 on the top 4
 of its 30 layers only, a seeded sample of 200 training examples (``--train-limit``) seen for
@@ -48,6 +58,7 @@ from core.errors import DataError, LogTriageError, ModelError
 from core.io import write_json, write_jsonl
 from large_model.bundled import resolve_base
 from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, keeps_text, load_examples, split_examples
+from large_model.evidence import FLOW_PROFILE_FILE, REFERENCE_FILE, FlowProfile, load_reference
 from large_model.quant import BACKENDS, TrainingModel, load_for_training
 from large_model.schema import LabelSet
 
@@ -94,6 +105,8 @@ class TrainLargeArgs:
     gradient_checkpointing: bool = False
     seed: int = 42
     progress: bool = True
+    reference: Path | None = None  # normal runs for the flow comparison; default: normal_reference.jsonl beside --data
+    evidence: bool = True  # the comparison with normal runs in every prompt (needs a reference)
 
 
 def _labels_for(args: TrainLargeArgs) -> LabelSet:
@@ -101,6 +114,46 @@ def _labels_for(args: TrainLargeArgs) -> LabelSet:
         return LabelSet.from_json(args.labels)
     beside = Path(args.data).parent / "labels.json"
     return LabelSet.from_json(beside) if beside.is_file() else LabelSet()
+
+
+def reference_profile(args: TrainLargeArgs) -> tuple[FlowProfile | None, Path | None]:
+    """The flow profile of the run's reference runs and the file it came from; ``(None, None)`` without evidence.
+
+    An explicit ``--reference`` must exist; the default one (``normal_reference.jsonl`` beside
+    ``--data``) may be absent: a warning, and the run trains without evidence.
+    """
+    if not args.evidence:
+        log.info("flow evidence off (--no-evidence): prompts without the comparison with normal runs")
+        return None, None
+    path = Path(args.reference) if args.reference is not None else Path(args.data).parent / REFERENCE_FILE
+    if args.reference is None and not path.is_file():
+        log.warning(
+            "no reference of normal runs at %s: training WITHOUT the flow evidence (write it with "
+            "data_gen/anomaly_classification_generator.py, or pass --reference FILE; --no-evidence silences this)",
+            path,
+        )
+        return None, None
+    profile = load_reference(path)
+    log.info("flow evidence: reference %s, %s", path, profile.describe())
+    if not profile.usable_groups:
+        log.warning(
+            "no flow of %s has %d normal runs: every prompt will say there is nothing to compare",
+            path,
+            profile.min_runs,
+        )
+    return profile, path
+
+
+def encode_examples(
+    encoder: PromptEncoder, examples: Sequence[Example], indices: Sequence[int], args: TrainLargeArgs
+) -> dict[int, tuple[list[int], list[int], list[float]]]:
+    """``(input_ids, labels, weights)`` of the examples at ``indices``: whole answers for a hash-chosen share."""
+    encoded: dict[int, tuple[list[int], list[int], list[float]]] = {}
+    for i in indices:
+        e = examples[i]
+        full = keeps_text(e.sequence_id, args.text_fraction, args.seed)
+        encoded[i] = encoder.encode_weighted(e, args.max_seq_len, args.label_weight, labels_only=not full)
+    return encoded
 
 
 def _lr_at(step: int, args: TrainLargeArgs, time_fraction: float = 0.0) -> float:
@@ -415,6 +468,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
     if args.train_limit is not None and 0 < args.train_limit < len(train_set):
         keep = sorted(random.Random(args.seed).sample(range(len(train_set)), args.train_limit))
         train_set = [train_set[i] for i in keep]
+    profile, reference = reference_profile(args)
     base_path, base_name = resolve_base(args.base)
     log.info("base model: %s (%s)", base_name, base_path)
     tm = load_for_training(
@@ -431,17 +485,14 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         seed=args.seed,
         lora_layers=args.lora_layers,
     )
-    encoder = PromptEncoder(tm.tokenizer, labels, args.max_prompt_tokens)
+    encoder = PromptEncoder(tm.tokenizer, labels, args.max_prompt_tokens, profile=profile)
     # only the examples the plan reaches are encoded
     whole_windows = -(-args.max_steps // BUCKET_BATCHES) * BUCKET_BATCHES
     plan = _batches(len(train_set), args.batch_size * args.grad_accum, args.seed, 0, whole_windows)
     used = sorted({i for batch in plan for i in batch})
     with_text = sum(keeps_text(train_set[i].sequence_id, args.text_fraction, args.seed) for i in used)
-    encoded_by: dict[int, tuple[list[int], list[int], list[float]]] = {}
-    for i in used:
-        e = train_set[i]
-        full = keeps_text(e.sequence_id, args.text_fraction, args.seed)
-        encoded_by[i] = encoder.encode_weighted(e, args.max_seq_len, args.label_weight, labels_only=not full)
+    # the prompts carry the evidence here, so the feature cache below (built from these ids) does too
+    encoded_by = encode_examples(encoder, train_set, used, args)
     answer_tokens = sum(sum(1 for x in labs if x != -100) for _, labs, _ in encoded_by.values())
     log.info(
         "%d training examples (%d held out); %d encoded for up to %d steps (%d with the whole answer, the rest "
@@ -470,6 +521,12 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
             history = list(state.get("history", []))
             prior_seconds = float(state.get("train_seconds", 0.0))
             log.info("resumed from %s (step %d)", checkpoint, start_step)
+            if bool(state.get("evidence", False)) != (profile is not None):
+                log.warning(
+                    "the checkpoint was trained %s the flow evidence, this run is %s it: the prompts differ",
+                    "with" if state.get("evidence") else "without",
+                    "with" if profile is not None else "without",
+                )
     pad_id = tm.tokenizer.pad_token_id
     cache = FeatureCache.for_run(tm, args)
     if cache is not None:
@@ -533,13 +590,23 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         if args.save_every > 0 and (step % args.save_every == 0 or step == args.max_steps):
             elapsed = prior_seconds + time.perf_counter() - loop_started
             _save_checkpoint(
-                tm, optimizer, output, step, {"history": history, "train_seconds": elapsed}, args.keep_checkpoints
+                tm,
+                optimizer,
+                output,
+                step,
+                {"history": history, "train_seconds": elapsed, "evidence": profile is not None},
+                args.keep_checkpoints,
             )
     bar.close()
     if stopped_by_time and args.save_every > 0 and step % args.save_every != 0:
         elapsed = prior_seconds + time.perf_counter() - loop_started
         _save_checkpoint(
-            tm, optimizer, output, step, {"history": history, "train_seconds": elapsed}, args.keep_checkpoints
+            tm,
+            optimizer,
+            output,
+            step,
+            {"history": history, "train_seconds": elapsed, "evidence": profile is not None},
+            args.keep_checkpoints,
         )
     train_seconds = prior_seconds + time.perf_counter() - loop_started
     steps_run = step - start_step
@@ -549,6 +616,10 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
     tm.tokenizer.save_pretrained(output)
     write_json(output / "labels.json", labels.to_dict())
     write_jsonl(output / "heldout.jsonl", _heldout_rows(held))
+    if profile is not None:
+        profile.save(output / FLOW_PROFILE_FILE)
+    else:  # one left by an earlier run into this folder would add evidence this model never saw
+        (output / FLOW_PROFILE_FILE).unlink(missing_ok=True)
     meta = {
         "base": base_name,
         "base_path": str(Path(base_path).resolve()) if Path(base_path).is_dir() else base_path,
@@ -560,6 +631,10 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "relative_time": encoder.relative_time,
         "short_ids": encoder.short_ids,
         "langs": sorted({e.lang for e in examples}),
+        "evidence": profile is not None,
+        "reference": str(reference) if reference is not None else None,
+        "reference_runs": profile.runs if profile is not None else None,
+        "reference_flows": profile.usable_groups if profile is not None else None,
     }
     write_json(output / EXPLAINER_META, meta)
     metrics = {
@@ -585,6 +660,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "tokens_per_second": round(tokens_seen / loop_seconds, 2) if loop_seconds > 0 else None,
         "resumed_from_step": start_step,
         "feature_cache": cache is not None,
+        "evidence": profile is not None,
         "cache_seconds": round(cache.seconds, 2) if cache is not None else None,
         "cuda_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if tm.device.startswith("cuda") else None,
         **tm.info,
@@ -671,6 +747,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help=f"normal runs (sequence records) for the flow comparison in the prompts (default: {REFERENCE_FILE} "
+        "beside --data; absent: trained without it)",
+    )
+    parser.add_argument(
+        "--no-evidence",
+        dest="evidence",
+        action="store_false",
+        help="no comparison with normal runs in the prompts",
+    )
     return parser
 
 
