@@ -538,6 +538,12 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
     model.train()
     tokens_seen = 0
     loop_started = time.perf_counter()
+
+    def save_checkpoint(at: int) -> None:
+        elapsed = prior_seconds + time.perf_counter() - loop_started
+        state = {"history": history, "train_seconds": elapsed, "evidence": profile is not None}
+        _save_checkpoint(tm, optimizer, output, at, state, args.keep_checkpoints)
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=args.max_steps, initial=start_step, desc="train-large", unit="step", disable=not args.progress)
@@ -588,26 +594,10 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         bar.set_postfix(loss=f"{total_loss:.4f}")
         bar.update(1)
         if args.save_every > 0 and (step % args.save_every == 0 or step == args.max_steps):
-            elapsed = prior_seconds + time.perf_counter() - loop_started
-            _save_checkpoint(
-                tm,
-                optimizer,
-                output,
-                step,
-                {"history": history, "train_seconds": elapsed, "evidence": profile is not None},
-                args.keep_checkpoints,
-            )
+            save_checkpoint(step)
     bar.close()
     if stopped_by_time and args.save_every > 0 and step % args.save_every != 0:
-        elapsed = prior_seconds + time.perf_counter() - loop_started
-        _save_checkpoint(
-            tm,
-            optimizer,
-            output,
-            step,
-            {"history": history, "train_seconds": elapsed, "evidence": profile is not None},
-            args.keep_checkpoints,
-        )
+        save_checkpoint(step)
     train_seconds = prior_seconds + time.perf_counter() - loop_started
     steps_run = step - start_step
     loop_seconds = time.perf_counter() - loop_started
