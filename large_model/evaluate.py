@@ -6,8 +6,9 @@
 Data: records with ``log_entries``, ``category``, ``severity`` and a reference
 ``suggested_response`` (default: the ``heldout.jsonl`` the training run saved in the model
 folder). Figures: category accuracy and macro-F1, severity accuracy, the category confusion
-matrix, the schema-valid rate (the generated text held all three text fields as JSON, before any
-fill-in; the returned Explanation always validates), ROUGE-L F1 of suggested responses and root
+matrix, the schema-valid rate (the model wrote all three text fields, each a non-empty JSON string
+it closed within its token budget, so the answer parsed as the JSON object with nothing filled in;
+the returned Explanation always validates), ROUGE-L F1 of suggested responses and root
 causes against the references, and latency per explanation. ``--compare-base`` evaluates the
 untuned base the same way (same prompts, same label scoring) beside it. Where the model folder
 holds a flow profile (trained with the comparison with normal runs, :mod:`large_model.evidence`),

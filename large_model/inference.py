@@ -8,10 +8,14 @@ merged weights are the very ones the LoRA was trained against, at bf16 speed.
 ``explain`` chooses the category, then the severity, by the log-likelihood of each known label
 as the continuation of a fixed prefix (:mod:`prompts`): the prompt runs once into a KV cache and
 all labels of a field are scored in one batched forward from it. The summary, root cause and
-suggested response are then generated greedily (bounded tokens) after
-``{"category": "<chosen>", "severity": "<chosen>", "summary": "``, from the same cache. The
-result is validated as :class:`Explanation`; a text field the generation did not produce is
-filled with a fixed sentence and the result marked not strictly valid (``ExplainResult.parsed``).
+suggested response are then generated greedily from the same cache, one JSON string at a time:
+after ``{"category": "<chosen>", "severity": "<chosen>", "summary": "`` the model writes the
+summary up to its closing quote, the fixed joint ``", "root_cause": "`` is appended, and so on
+(each field with its own token budget, :data:`prompts.FIELD_TOKENS`), so the answer is valid JSON
+whenever the model closes each string: the model writes the texts, never the structure. The
+result is validated as :class:`Explanation`; a field the model left open (out of budget, a stop
+token) is kept as far as it got or filled with a fixed sentence, and the result marked not
+schema-valid (``ExplainResult.parsed``).
 
 :class:`OpenAIExplainer` does the same against an OpenAI-compatible server (vLLM serving the
 base with the adapter); see its docstring.
@@ -32,7 +36,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,7 +53,7 @@ from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 288
+DEFAULT_MAX_NEW_TOKENS = sum(prompts.FIELD_TOKENS.values())  # 480: the three fields' budgets
 ANSWER_RESERVE = 48  # tokens kept free after the prompt for the label prefixes
 
 
@@ -61,7 +65,7 @@ class ExplainResult:
     category_scores: dict[str, float]
     severity_scores: dict[str, float]
     generated: str
-    parsed: bool  # the generated text held all three text fields as valid JSON
+    parsed: bool  # schema-valid: the model wrote all three text fields, each closed, non-empty, valid JSON
     seconds: float
     omitted_lines: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -95,17 +99,58 @@ def _fallback_text(field_name: str, category: str, severity: str, lang: str) -> 
 
 
 def build_explanation(
-    category: str, severity: str, generated: str, lang: str, model: str, base: str
+    category: str,
+    severity: str,
+    raws: Sequence[str],
+    closed: Sequence[bool],
+    lang: str,
+    model: str,
+    base: str,
 ) -> tuple[Explanation, bool]:
-    """The validated Explanation from chosen labels and generated text; ``True`` if no field was filled in."""
-    fields, parsed = prompts.parse_generated(prompts.text_prefix(category, severity), generated)
-    complete = parsed and all(fields.get(k) for k in ("summary", "root_cause", "suggested_response"))
-    values = {
-        k: fields.get(k) or _fallback_text(k, category, severity, lang)
-        for k in ("summary", "root_cause", "suggested_response")
-    }
+    """The validated Explanation from the chosen labels and the generated text fields.
+
+    ``raws``/``closed``: per field of :data:`prompts.TEXT_KEYS` (as many as were generated), the
+    raw JSON-string content and whether the model closed it within its budget. Returns ``True``
+    (schema-valid) when the model wrote every field, closed, non-empty and valid JSON; a field it
+    did not is kept as far as it got or filled with a fixed sentence, so the Explanation always
+    validates.
+    """
+    values: dict[str, str] = {}
+    complete = len(raws) == len(prompts.TEXT_KEYS)
+    for index, key in enumerate(prompts.TEXT_KEYS):
+        raw = raws[index] if index < len(raws) else ""
+        decoded = prompts.decode_string(raw)
+        ok = index < len(closed) and closed[index] and decoded is not None and bool(decoded.strip())
+        complete = complete and ok
+        text = (decoded if decoded is not None else raw.replace('\\"', '"')).strip()
+        values[key] = text or _fallback_text(key, category, severity, lang)
     explanation = Explanation(category=category, severity=severity, model=model, base=base, **values)
     return explanation, complete
+
+
+def generate_fields(
+    write: Callable[[str, int], tuple[str, bool, int]], category: str, severity: str, max_new_tokens: int
+) -> tuple[list[str], list[bool]]:
+    """The three text fields, one after the other, each a JSON string the model closes.
+
+    ``write(answer, budget)``: the model's greedy text of the string that ``answer`` (the answer
+    so far, :func:`prompts.field_prefix`) opens, as ``(raw content, closed, tokens used)``. The
+    fixed joints between the fields (``", "root_cause": "``) are written here, so the answer is
+    valid JSON whenever the model closes each string; each field has its own budget
+    (:data:`prompts.FIELD_TOKENS`), all of them together at most ``max_new_tokens``.
+    """
+    raws: list[str] = []
+    closed: list[bool] = []
+    left = max_new_tokens
+    for key in prompts.TEXT_KEYS:
+        budget = min(prompts.FIELD_TOKENS[key], left)
+        if budget <= 0:
+            break
+        raw, done, used = write(prompts.field_prefix(category, severity, raws), budget)
+        left -= used
+        raws.append(raw)
+        closed.append(done)
+    return raws, closed
 
 
 class PrefixScorer:
@@ -182,30 +227,36 @@ class PrefixScorer:
         return [float(v) for v in (picked * counted).sum(dim=1).tolist()]
 
     @torch.inference_mode()
-    def generate(self, text: str, max_new_tokens: int, stop_ids: list[int]) -> str:
-        """Greedy continuation of ``text``, reusing the cache for its shared prefix."""
+    def generate_string(self, text: str, max_new_tokens: int, stop_ids: Sequence[int]) -> tuple[str, bool, int]:
+        """Greedy continuation of ``text`` (which ends inside a JSON string) up to the string's closing quote.
+
+        Returns the raw string content, whether the model closed it (a stop token or the token
+        budget ends it open) and the tokens generated. The cache keeps the prefix for the next field.
+        """
         ids = self._ids(text)
-        common = 0
-        for a, b in zip(self.cached_ids, ids, strict=False):
-            if a != b:
+        self._advance(ids[:-1])
+        token, position = ids[-1], len(ids) - 1
+        new: list[int] = []
+        stops = set(stop_ids)
+        for _ in range(max_new_tokens):
+            out = self.model(
+                input_ids=torch.tensor([[token]], device=self.device),
+                past_key_values=self.cache,
+                position_ids=torch.tensor([[position]], device=self.device),
+                use_cache=True,
+            )
+            self.cache = out.past_key_values
+            self.cached_ids.append(token)
+            position += 1
+            token = int(out.logits[0, -1].argmax())
+            if token in stops:
                 break
-            common += 1
-        common = min(common, len(ids) - 1)
-        cache = None
-        if self.cache is not None and common > 0:
-            cache = copy.deepcopy(self.cache)
-            cache.crop(common)
-        input_ids = torch.tensor([ids], device=self.device)
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            past_key_values=cache,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        return str(self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
+            new.append(token)
+            decoded = str(self.tokenizer.decode(new, skip_special_tokens=True))
+            end = prompts.string_end(decoded)
+            if end >= 0:
+                return decoded[:end], True, len(new)
+        return str(self.tokenizer.decode(new, skip_special_tokens=True)), False, len(new)
 
     def reset(self) -> None:
         """Forget the cache (a new prompt)."""
@@ -386,17 +437,21 @@ class Explainer:
         sevs = self.labels.severities
         sev_scores = scorer.score(prompt + prompts.severity_prefix(category), sevs)
         severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
-        generated = ""
+        raws: list[str] = []
+        closed: list[bool] = []
         if generate:
-            generated = scorer.generate(
-                prompt + prompts.text_prefix(category, severity), self.max_new_tokens, self.stop_ids
+            raws, closed = generate_fields(
+                lambda answer, budget: scorer.generate_string(prompt + answer, budget, self.stop_ids),
+                category,
+                severity,
+                self.max_new_tokens,
             )
-        explanation, parsed = build_explanation(category, severity, generated, lang, self.name, self.base)
+        explanation, parsed = build_explanation(category, severity, raws, closed, lang, self.name, self.base)
         return ExplainResult(
             explanation=explanation,
             category_scores=dict(zip(cats, cat_scores, strict=True)),
             severity_scores=dict(zip(sevs, sev_scores, strict=True)),
-            generated=generated,
+            generated=prompts.assemble_answer(category, severity, raws, closed) if generate else "",
             parsed=parsed and generate,
             seconds=time.perf_counter() - started,
             omitted_lines=omitted,

@@ -304,38 +304,65 @@ def text_prefix(category: str, severity: str) -> str:
     )
 
 
-_STRING_FIELD = r'"{key}":\s*"((?:[^"\\]|\\.)*)"'
+TEXT_KEYS = ("summary", "root_cause", "suggested_response")  # generated in this order
+# token budget of each text field: above the longest reference answer of the generator's data in
+# the bundled tokenizer (English 18/42/87, Chinese 56/84/211 tokens: 2-3 tokens per character)
+FIELD_TOKENS = {"summary": 96, "root_cause": 128, "suggested_response": 256}
 
 
-def parse_generated(prefix: str, generated: str) -> tuple[dict[str, str], bool]:
-    """The text fields found in ``prefix + generated``; ``True`` when it parsed as the whole JSON object."""
-    text = prefix + generated
-    end = text.find("}")
-    while end != -1:
-        try:
-            obj = json.loads(text[: end + 1])
-        except json.JSONDecodeError:
-            end = text.find("}", end + 1)
+def field_prefix(category: str, severity: str, done: Sequence[str]) -> str:
+    """The answer up to the opening quote of the next text field, the raw texts of the fields before it given.
+
+    ``done``: the raw JSON-string contents (escapes kept) of the first ``len(done)`` fields of
+    :data:`TEXT_KEYS`; each is closed here with ``"`` (a dangling backslash dropped) and the
+    next key opened, exactly as :func:`format_target` writes the answer.
+    """
+    if len(done) >= len(TEXT_KEYS):
+        raise ValueError("every text field is done")
+    text = text_prefix(category, severity)
+    for key, raw in zip(TEXT_KEYS[1:], done, strict=False):
+        text += _drop_dangling_escape(raw) + '", ' + json.dumps(key) + ': "'
+    return text
+
+
+def _drop_dangling_escape(raw: str) -> str:
+    trailing = len(raw) - len(raw.rstrip("\\"))
+    return raw[:-1] if trailing % 2 else raw
+
+
+def string_end(generated: str) -> int:
+    """Index of the first unescaped ``"`` in generated JSON-string content (-1: the string is not closed)."""
+    index = 0
+    while index < len(generated):
+        char = generated[index]
+        if char == "\\":
+            index += 2
             continue
-        if isinstance(obj, dict) and all(isinstance(obj.get(k), str) and obj[k].strip() for k in _TEXT_KEYS):
-            return {k: obj[k].strip() for k in _TEXT_KEYS}, True
-        break
-    found: dict[str, str] = {}
-    for key in _TEXT_KEYS:
-        match = re.search(_STRING_FIELD.format(key=key), text)
-        if match:
-            try:
-                value = json.loads('"' + match.group(1) + '"')
-            except json.JSONDecodeError:
-                value = match.group(1)
-            if value.strip():
-                found[key] = value.strip()
-    if "summary" not in found:
-        # generation stopped inside the summary string: keep what was written
-        partial = generated.split('"', 1)[0].strip()
-        if partial:
-            found["summary"] = partial
-    return found, False
+        if char == '"':
+            return index
+        index += 1
+    return -1
 
 
-_TEXT_KEYS = ("summary", "root_cause", "suggested_response")
+def decode_string(raw: str) -> str | None:
+    """The text of raw JSON-string content (``\\n``, ``\\"``, ``\\uXXXX`` decoded); None if it is not valid JSON."""
+    try:
+        value = json.loads('"' + raw + '"')
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def assemble_answer(category: str, severity: str, raws: Sequence[str], closed: Sequence[bool]) -> str:
+    """The whole answer as the model wrote it: the fixed prefix and joints, each field's raw text.
+
+    A field the model did not close stays open (the text is then not valid JSON), so the
+    assembled answer parses as JSON exactly when every field was closed with valid content.
+    """
+    text = text_prefix(category, severity)
+    for index, (raw, done) in enumerate(zip(raws, closed, strict=True)):
+        text += raw
+        if not done:
+            return text
+        text += '"' + ("}" if index == len(TEXT_KEYS) - 1 else ", " + json.dumps(TEXT_KEYS[index + 1]) + ': "')
+    return text

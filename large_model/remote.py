@@ -14,14 +14,18 @@ run trained with it, as the in-process explainer does.
 ``/v1/completions`` request (a list of prompts ``prompt + prefix + label + '",'``) with
 ``echo=true, logprobs=1, max_tokens=1``; each label's score is the sum of the echoed prompt-token
 log-probabilities of the tokens that overlap the label text (found through ``text_offset``),
-the same likelihood the in-process explainer computes. The texts are then generated greedily by
-``/v1/completions`` after the ``..., "summary": "`` prefix.
+the same likelihood the in-process explainer computes. The texts are then generated greedily,
+one JSON string at a time as in process (:func:`inference.generate_fields`): each request
+continues the answer so far (``..., "summary": "``), stops at the string's closing ``"`` (vLLM's
+``stop`` with ``include_stop_str_in_output``) within the field's token budget, and the fixed joint
+to the next field is written here, so the answer is valid JSON whenever the model closes each
+string.
 
 ``mode="chat"`` (servers without prompt log-probabilities): constrained prompting through
 ``/v1/chat/completions``: the category and then the severity are asked for as a continuation of
 the assistant's JSON prefix with vLLM's ``guided_choice`` (the server may only answer a known
 label) and ``continue_final_message``; an answer that is not a known label is a ModelError. The
-texts are generated the same way, unconstrained.
+texts are generated field by field in the same way, as continuations of the assistant message.
 """
 
 from __future__ import annotations
@@ -38,12 +42,19 @@ from core.errors import ModelError
 from large_model import prompts
 from large_model.encoding import PromptEncoder
 from large_model.evidence import FlowProfile
-from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult, build_explanation, folder_profile
+from large_model.inference import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ExplainResult,
+    build_explanation,
+    folder_profile,
+    generate_fields,
+)
 from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)
 
 MODES = ("completions", "chat")
+STOP_STRINGS = ("<|im_end|>", "<|endoftext|>")  # end of turn / of text in Qwen-style templates
 
 
 class OpenAIExplainer:
@@ -157,6 +168,54 @@ class OpenAIExplainer:
             raise ModelError(f"the server answered {answer!r}, not one of the known labels")
         return answer
 
+    def _generate_string(self, messages: list[dict[str, str]], answer: str, budget: int) -> tuple[str, bool, int]:
+        """Greedy text of the JSON string the answer so far opens, up to its closing quote (as in process).
+
+        The server stops at ``"`` (kept in the output: vLLM's ``include_stop_str_in_output``); an
+        escaped ``\\"`` is not the end, so the request goes on from there while budget is left.
+        Returns the raw content, whether the model closed it, and the tokens it took.
+        """
+        raw, used = "", 0
+        while used < budget:
+            payload: dict[str, Any] = {
+                "model": self.model_id,
+                "max_tokens": budget - used,
+                "temperature": 0,
+                "stop": ['"', *STOP_STRINGS],
+                "include_stop_str_in_output": True,
+            }
+            if self.mode == "completions":
+                path = "/v1/completions"
+                payload["prompt"] = self.encoder.render(messages) + answer + raw
+            else:
+                path = "/v1/chat/completions"
+                payload["messages"] = [*messages, {"role": "assistant", "content": answer + raw}]
+                payload["continue_final_message"] = True
+                payload["add_generation_prompt"] = False
+            data = self._post(path, payload)
+            choice = (data.get("choices") or [{}])[0]
+            if self.mode == "completions":
+                text = str(choice.get("text") or "")
+            else:
+                text = str((choice.get("message") or {}).get("content") or "")
+            if self.mode == "chat" and text.startswith(answer + raw):
+                text = text[len(answer + raw) :]
+            usage = data.get("usage") or {}
+            took = int(
+                usage.get("completion_tokens") or len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            )
+            used += max(took, 1)
+            for stop in STOP_STRINGS:  # the turn ended inside the string: not closed
+                if stop in text:
+                    return raw + text[: text.index(stop)], False, used
+            end = prompts.string_end(raw + text)
+            if end >= 0:
+                return (raw + text)[:end], True, used
+            raw += text
+            if choice.get("finish_reason") != "stop" or not text.endswith('"'):
+                break  # out of budget (or a server that ended for another reason)
+        return raw, False, used
+
     def explain(
         self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
     ) -> Explanation:
@@ -178,41 +237,21 @@ class OpenAIExplainer:
             category = cats[max(range(len(cats)), key=cat_scores.__getitem__)]
             sev_scores = self._score(prompt + prompts.severity_prefix(category), sevs)
             severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
-            data = self._post(
-                "/v1/completions",
-                {
-                    "model": self.model_id,
-                    "prompt": prompt + prompts.text_prefix(category, severity),
-                    "max_tokens": self.max_new_tokens,
-                    "temperature": 0,
-                    "stop": ["<|im_end|>", "<|endoftext|>"],
-                },
-            )
-            generated = str(data["choices"][0].get("text") or "")
         else:
             category = self._chat_label(messages, prompts.category_prefix(), cats)
             severity = self._chat_label(messages, prompts.severity_prefix(category), sevs)
-            prefix = prompts.text_prefix(category, severity)
-            data = self._post(
-                "/v1/chat/completions",
-                {
-                    "model": self.model_id,
-                    "messages": [*messages, {"role": "assistant", "content": prefix}],
-                    "max_tokens": self.max_new_tokens,
-                    "temperature": 0,
-                    "continue_final_message": True,
-                    "add_generation_prompt": False,
-                },
-            )
-            generated = str(data["choices"][0]["message"]["content"] or "")
-            if generated.startswith(prefix):
-                generated = generated[len(prefix) :]
-        explanation, parsed = build_explanation(category, severity, generated, lang, self.name, self.base)
+        raws, closed = generate_fields(
+            lambda answer, budget: self._generate_string(messages, answer, budget),
+            category,
+            severity,
+            self.max_new_tokens,
+        )
+        explanation, parsed = build_explanation(category, severity, raws, closed, lang, self.name, self.base)
         return ExplainResult(
             explanation=explanation,
             category_scores=dict(zip(cats, cat_scores, strict=False)),
             severity_scores=dict(zip(sevs, sev_scores, strict=False)),
-            generated=generated,
+            generated=prompts.assemble_answer(category, severity, raws, closed),
             parsed=parsed,
             seconds=time.perf_counter() - started,
             omitted_lines=omitted,

@@ -68,15 +68,38 @@ def test_target_and_prefixes_agree() -> None:
     assert json.loads(target)["suggested_response"] == "q"
 
 
-def test_parse_generated_whole_and_partial() -> None:
-    prefix = prompts.text_prefix("timeout", "high")
-    full = prompts.format_target("timeout", "high", 'a "quoted" sum', "cause", "resp")[len(prefix) :]
-    fields, ok = prompts.parse_generated(prefix, full + "<junk>")
-    assert ok and fields == {"summary": 'a "quoted" sum', "root_cause": "cause", "suggested_response": "resp"}
-    fields, ok = prompts.parse_generated(prefix, 'short", "root_cause": "cau')
-    assert not ok and fields == {"summary": "short"}
-    explanation, complete = build_explanation("timeout", "high", 'short", "root_cause": "cau', "en", "m", "b")
-    assert not complete and explanation.summary == "short" and explanation.root_cause  # filled in
+def test_field_strings_joints_and_assembly() -> None:
+    # the model's raw string content: escapes kept, the first unescaped quote ends it
+    assert prompts.string_end('a \\"quoted\\" sum", "root') == 16
+    assert prompts.string_end("no end \\") == -1 and prompts.string_end('\\\\"') == 2
+    assert prompts.decode_string('a \\"q\\" \\u4e2d\\n') == 'a "q" 中\n'
+    assert prompts.decode_string("bad \\x") is None and prompts.decode_string("tab\tin") is None
+    # joints: what format_target writes between the fields
+    target = prompts.format_target("timeout", "high", 'a "q" s', "cause", "resp")
+    raws = ['a \\"q\\" s', "cause", "resp"]
+    for k in range(3):
+        assert target.startswith(prompts.field_prefix("timeout", "high", raws[:k]) + raws[k] + '"')
+    assert prompts.field_prefix("timeout", "high", ["dangling \\"]).endswith('dangling ", "root_cause": "')
+    with pytest.raises(ValueError):
+        prompts.field_prefix("timeout", "high", raws)
+    assert prompts.assemble_answer("timeout", "high", raws, [True] * 3) == target
+    open_answer = prompts.assemble_answer("timeout", "high", ["s", "cau"], [True, False])
+    assert open_answer.endswith('"root_cause": "cau')
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(open_answer)
+
+
+def test_build_explanation_marks_what_the_model_did_not_write() -> None:
+    explanation, complete = build_explanation("timeout", "high", ["s", "c", "r"], [True] * 3, "en", "m", "b")
+    assert complete and (explanation.summary, explanation.root_cause, explanation.suggested_response) == ("s", "c", "r")
+    # root cause cut by its budget: kept as far as it got, not schema-valid; the response never came
+    explanation, complete = build_explanation("timeout", "high", ["short", "cau"], [True, False], "en", "m", "b")
+    assert not complete and explanation.summary == "short" and explanation.root_cause == "cau"
+    assert explanation.suggested_response  # filled in
+    for raws in (["s", "  ", "r"], ["s", "bad \\x", "r"]):  # empty, invalid JSON escape
+        assert not build_explanation("timeout", "high", raws, [True] * 3, "zh", "m", "b")[1]
+    explanation, complete = build_explanation("timeout", "high", [], [], "zh", "m", "b")
+    assert not complete and "timeout" in explanation.summary
 
 
 def test_clean_lines() -> None:

@@ -39,17 +39,30 @@ class CompletionsServer:
         }
 
     @torch.no_grad()
-    def _generate(self, prompt: str, max_tokens: int) -> str:
+    def _generate(self, prompt: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Greedy tokens, cut at the first stop string as vLLM does (kept with include_stop_str_in_output)."""
         ids = torch.tensor([self.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
         out = self.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_tokens,
+            max_new_tokens=body["max_tokens"],
             do_sample=False,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        return str(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+        new = out[0, ids.shape[1] :].tolist()
+        finish = "stop" if new and new[-1] == self.tokenizer.eos_token_id else "length"
+        for n in range(1, len(new) + 1):  # vLLM checks the stop strings after each token
+            text = str(self.tokenizer.decode(new[:n], skip_special_tokens=True))
+            hits = [(text.find(stop), stop) for stop in body.get("stop") or [] if stop in text]
+            if hits:
+                at, stop = min(hits)
+                text = text[: at + len(stop)] if body.get("include_stop_str_in_output") else text[:at]
+                new, finish = new[:n], "stop"
+                break
+        else:
+            text = str(self.tokenizer.decode(new, skip_special_tokens=True))
+        return {"text": text, "finish_reason": finish, "tokens": len(new)}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
@@ -58,14 +71,16 @@ class CompletionsServer:
             start_response("404 Not Found", [("Content-Type", "application/json")])
             return [b'{"error": "not found"}']
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
-        choices = []
+        choices, tokens = [], 0
         for index, prompt in enumerate(prompts):
             if body.get("echo"):
                 choices.append({"index": index, "text": prompt, "logprobs": self._echo(prompt)})
             else:
-                choices.append({"index": index, "text": self._generate(prompt, body["max_tokens"])})
+                result = self._generate(prompt, body)
+                tokens += result["tokens"]
+                choices.append({"index": index, "text": result["text"], "finish_reason": result["finish_reason"]})
         start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps({"choices": choices}).encode()]
+        return [json.dumps({"choices": choices, "usage": {"completion_tokens": tokens}}).encode()]
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +111,13 @@ def test_remote_scoring_and_texts_match_in_process(
         for label, score in want.category_scores.items():
             assert abs(got.category_scores[label] - score) < 1e-3, (got.category_scores, want.category_scores)
         assert got.explanation.suggested_response == want.explanation.suggested_response
+        assert got.generated == want.generated and got.parsed == want.parsed
         assert got.explanation.model == "openai:explainer"
     scoring = [r for r in server.requests if r.get("echo")]
     assert scoring and all(len(r["prompt"]) in (3, 2) for r in scoring)  # one request per field, all labels in it
+    texts = [r for r in server.requests if not r.get("echo")]
+    assert texts and all(r["stop"][0] == '"' and r["include_stop_str_in_output"] for r in texts)
+    assert all(r["prompt"].endswith(('"summary": "', '"root_cause": "', '"suggested_response": "')) for r in texts)
 
 
 def test_remote_errors_are_model_errors(served: tuple[Path, CompletionsServer]) -> None:
