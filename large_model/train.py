@@ -25,7 +25,8 @@ run trains without evidence; ``--no-evidence`` turns it off. Records with chat m
 ``log_entries`` keep their prompts as written (no evidence).
 
 Defaults aim at the bundled 135M base on one CPU core in under 30 minutes: LoRA r=16 on the top 4
-of its 30 layers only, a seeded sample of 200 training examples (``--train-limit``) seen for
+of its 30 layers only, a seeded sample of 200 training examples (``--train-limit``; the
+categories in turn, ``--sample``) seen for
 ~5 epochs, the frozen layers below the LoRA run once per example and kept (:class:`FeatureCache`:
 each step then runs the top 4 layers alone), no gradient checkpointing, batch 2, lr 4e-3, label
 tokens weighted 3x, a quarter of the examples with their whole answer and the rest up to the
@@ -99,6 +100,7 @@ class TrainLargeArgs:
     holdout_fraction: float = 0.2
     limit: int | None = None
     train_limit: int | None = 200  # a seeded sample of the training part, seen for several epochs (0/None: all)
+    sample: str = "balanced"  # how --train-limit samples: balanced (even across categories) or random
     save_every: int = 40
     keep_checkpoints: int = 2
     resume: bool = False
@@ -445,6 +447,35 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+SAMPLES = ("balanced", "random")
+
+
+def sample_examples(examples: Sequence[Example], n: int, seed: int, how: str = "balanced") -> list[int]:
+    """Indices of a seeded sample of ``n`` examples, in their order.
+
+    ``balanced``: the categories take turns (each category's examples in a seeded shuffle), so a
+    200-example sample of 10 categories holds 20 of each where the data has them; ``random``: a
+    plain seeded sample.
+    """
+    if how not in SAMPLES:
+        raise DataError(f"unknown sample {how!r} (use one of {', '.join(SAMPLES)})")
+    rng = random.Random(seed)
+    if how == "random" or n >= len(examples):
+        return sorted(rng.sample(range(len(examples)), min(n, len(examples))))
+    by_category: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_category.setdefault(example.category, []).append(index)
+    queues = [by_category[c] for c in sorted(by_category)]
+    for queue in queues:
+        rng.shuffle(queue)
+    keep: list[int] = []
+    while len(keep) < n:
+        for queue in queues:
+            if queue and len(keep) < n:
+                keep.append(queue.pop())
+    return sorted(keep)
+
+
 def train_explainer(args: TrainLargeArgs) -> Path:
     """Fine-tune the explainer (QLoRA) and save the adapter folder; returns its path."""
     return run_training(args).output
@@ -466,8 +497,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
     if not train_set:
         raise DataError("no training examples left after the hold-out split", args.data)
     if args.train_limit is not None and 0 < args.train_limit < len(train_set):
-        keep = sorted(random.Random(args.seed).sample(range(len(train_set)), args.train_limit))
-        train_set = [train_set[i] for i in keep]
+        train_set = [train_set[i] for i in sample_examples(train_set, args.train_limit, args.seed, args.sample)]
     profile, reference = reference_profile(args)
     base_path, base_name = resolve_base(args.base)
     log.info("base model: %s (%s)", base_name, base_path)
@@ -730,6 +760,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=int,
         default=d.train_limit,
         help="train on a seeded sample of N training examples, for several epochs (0: all of them)",
+    )
+    parser.add_argument(
+        "--sample",
+        choices=SAMPLES,
+        default=d.sample,
+        help="how --train-limit samples: balanced (the categories in turn, as even as the data allows) or random",
     )
     parser.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: never)")
     parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)

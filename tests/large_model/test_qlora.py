@@ -165,3 +165,23 @@ def test_feature_cache_trains_as_the_full_forward_does(tiny_base: Path, toy_data
         assert metrics["train_examples"] == 8
         histories[cached] = [h["loss"] for h in metrics["history"]]
     assert histories[True] == pytest.approx(histories[False], rel=1e-3, abs=1e-4)
+
+
+def test_train_limit_samples_the_categories_in_turn() -> None:
+    from collections import Counter
+
+    from core.errors import DataError
+    from large_model.encoding import Example
+    from large_model.train import sample_examples
+
+    cats = ["a"] * 50 + ["b"] * 30 + ["c"] * 4
+    examples = [Example(f"s{i}", [], "{}", c, "low") for i, c in enumerate(cats)]
+    keep = sample_examples(examples, 20, seed=3)
+    assert keep == sorted(set(keep)) and len(keep) == 20
+    assert Counter(examples[i].category for i in keep) == {"a": 8, "b": 8, "c": 4}  # c has only 4
+    assert sample_examples(examples, 20, seed=3) == keep and sample_examples(examples, 20, seed=4) != keep
+    plain = sample_examples(examples, 20, seed=3, how="random")
+    assert len(set(plain)) == 20 and plain != keep
+    assert sample_examples(examples, 500, seed=3) == list(range(len(examples)))
+    with pytest.raises(DataError, match="unknown sample"):
+        sample_examples(examples, 5, seed=3, how="stratified")
