@@ -54,6 +54,9 @@ from large_model.schema import Explanation, LabelSet
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = sum(prompts.FIELD_TOKENS.values())  # 480: the three fields' budgets
+# no n-gram of this many tokens twice in one text field: the shortest n at which no reference answer
+# of the generator's data (6000 fields, English and Chinese) repeats one; stops loops of any period
+NO_REPEAT_NGRAM = 12
 ANSWER_RESERVE = 48  # tokens kept free after the prompt for the label prefixes
 
 
@@ -126,6 +129,16 @@ def build_explanation(
         values[key] = text or _fallback_text(key, category, severity, lang)
     explanation = Explanation(category=category, severity=severity, model=model, base=base, **values)
     return explanation, complete
+
+
+def repeat_banned(tokens: Sequence[int], n: int) -> list[int]:
+    """The tokens that would complete an ``n``-gram already in ``tokens`` (what ``no_repeat_ngram_size`` bans)."""
+    if n < 1 or len(tokens) < n - 1:
+        return []
+    if n == 1:
+        return sorted(set(tokens))
+    suffix = list(tokens[len(tokens) - n + 1 :])
+    return sorted({tokens[i + n - 1] for i in range(len(tokens) - n + 1) if list(tokens[i : i + n - 1]) == suffix})
 
 
 def generate_fields(
@@ -231,7 +244,10 @@ class PrefixScorer:
         """Greedy continuation of ``text`` (which ends inside a JSON string) up to the string's closing quote.
 
         Returns the raw string content, whether the model closed it (a stop token or the token
-        budget ends it open) and the tokens generated. The cache keeps the prefix for the next field.
+        budget ends it open) and the tokens generated. A token that would repeat a
+        :data:`NO_REPEAT_NGRAM`-gram of this string is never chosen (a small tuned model otherwise
+        falls into loops such as "of the circuit breaker of the circuit breaker ..." until the
+        budget runs out). The cache keeps the prefix for the next field.
         """
         ids = self._ids(text)
         self._advance(ids[:-1])
@@ -248,7 +264,12 @@ class PrefixScorer:
             self.cache = out.past_key_values
             self.cached_ids.append(token)
             position += 1
-            token = int(out.logits[0, -1].argmax())
+            logits = out.logits[0, -1]
+            banned = repeat_banned(new, NO_REPEAT_NGRAM)
+            if banned:
+                logits = logits.clone()
+                logits[banned] = float("-inf")
+            token = int(logits.argmax())
             if token in stops:
                 break
             new.append(token)

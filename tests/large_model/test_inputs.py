@@ -241,3 +241,13 @@ def test_rouge_fallback_matches_rouge_score() -> None:
         ("扩容 订单", "扩容订单服务"),
     ]:
         assert abs(_lcs_f1(tok.tokenize(pred), tok.tokenize(ref)) - rouge_l([pred], [ref])) < 1e-9
+
+
+def test_repeat_banned_stops_loops_and_nothing_else() -> None:
+    from large_model.inference import repeat_banned
+
+    loop = [5, 6, 7, 5, 6]
+    assert repeat_banned(loop, 3) == [7]  # 5 6 7 would come again
+    assert repeat_banned(loop, 4) == []  # 6 7 5 6 -> no 4-gram begun twice yet
+    assert repeat_banned([1, 2, 1, 3, 1], 2) == [2, 3] and repeat_banned([1, 2], 1) == [1, 2]
+    assert repeat_banned([1, 2], 4) == [] and repeat_banned([], 12) == []
