@@ -57,6 +57,7 @@ DEFAULT_MAX_NEW_TOKENS = sum(prompts.FIELD_TOKENS.values())  # 480: the three fi
 # no n-gram of this many tokens twice in one text field: the shortest n at which no reference answer
 # of the generator's data (6000 fields, English and Chinese) repeats one; stops loops of any period
 NO_REPEAT_NGRAM = 12
+VALID_CANDIDATES = 32  # tokens looked at, most likely first, for one that keeps the string valid JSON
 ANSWER_RESERVE = 48  # tokens kept free after the prompt for the label prefixes
 
 
@@ -247,7 +248,8 @@ class PrefixScorer:
         budget ends it open) and the tokens generated. A token that would repeat a
         :data:`NO_REPEAT_NGRAM`-gram of this string is never chosen (a small tuned model otherwise
         falls into loops such as "of the circuit breaker of the circuit breaker ..." until the
-        budget runs out). The cache keeps the prefix for the next field.
+        budget runs out), nor one that makes the string invalid JSON (``\\_``, a raw control
+        character). The cache keeps the prefix for the next field.
         """
         ids = self._ids(text)
         self._advance(ids[:-1])
@@ -269,7 +271,7 @@ class PrefixScorer:
             if banned:
                 logits = logits.clone()
                 logits[banned] = float("-inf")
-            token = int(logits.argmax())
+            token = self._valid_choice(logits, new, stops)
             if token in stops:
                 break
             new.append(token)
@@ -278,6 +280,21 @@ class PrefixScorer:
             if end >= 0:
                 return decoded[:end], True, len(new)
         return str(self.tokenizer.decode(new, skip_special_tokens=True)), False, len(new)
+
+    def _valid_choice(self, logits: torch.Tensor, new: list[int], stops: set[int]) -> int:
+        """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`).
+
+        Looks at the :data:`VALID_CANDIDATES` most likely tokens in order (almost always the first
+        one passes); a stop token is taken as it comes (the string then ends open).
+        """
+        top = torch.topk(logits, min(VALID_CANDIDATES, logits.shape[-1])).indices.tolist()
+        for token in top:
+            if token in stops:
+                return int(token)
+            text = str(self.tokenizer.decode([*new, token], skip_special_tokens=True))
+            if prompts.valid_string_prefix(text):
+                return int(token)
+        return int(top[0])
 
     def reset(self) -> None:
         """Forget the cache (a new prompt)."""

@@ -344,6 +344,41 @@ def string_end(generated: str) -> int:
     return -1
 
 
+_ESCAPES = frozenset('"\\/bfnrtu')
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def valid_string_prefix(generated: str) -> bool:
+    """Whether generated JSON-string content can still be valid JSON, up to its closing quote if any.
+
+    No control character, every backslash starts a JSON escape (``\\uXXXX`` with hex digits); an
+    escape cut at the end is still pending, so fine. What follows the closing quote is not looked at.
+    """
+    index = 0
+    while index < len(generated):
+        char = generated[index]
+        if char == '"':
+            return True
+        if char < " ":
+            return False
+        if char == "\\":
+            if index + 1 >= len(generated):
+                return True
+            escape = generated[index + 1]
+            if escape not in _ESCAPES:
+                return False
+            if escape == "u":
+                digits = generated[index + 2 : index + 6]
+                if any(d not in _HEX for d in digits):
+                    return False
+                index += 6
+                continue
+            index += 2
+            continue
+        index += 1
+    return True
+
+
 def decode_string(raw: str) -> str | None:
     """The text of raw JSON-string content (``\\n``, ``\\"``, ``\\uXXXX`` decoded); None if it is not valid JSON."""
     try:

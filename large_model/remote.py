@@ -20,8 +20,9 @@ continues the answer so far (``..., "summary": "``), stops at the string's closi
 ``stop`` with ``include_stop_str_in_output``) within the field's token budget, and the fixed joint
 to the next field is written here, so the answer is valid JSON whenever the model closes each
 string. One difference: the in-process explainer never lets a field repeat a
-12-token n-gram (:data:`inference.NO_REPEAT_NGRAM`, against greedy loops); the OpenAI API has no
-such option, so a server's field can loop until its budget and count as not schema-valid.
+12-token n-gram (:data:`inference.NO_REPEAT_NGRAM`, against greedy loops) nor write an invalid
+JSON escape (``\\_``); the OpenAI API has neither option, so a server's field can loop until its
+budget or hold such an escape, and count as not schema-valid.
 
 ``mode="chat"`` (servers without prompt log-probabilities): constrained prompting through
 ``/v1/chat/completions``: the category and then the severity are asked for as a continuation of

@@ -251,3 +251,29 @@ def test_repeat_banned_stops_loops_and_nothing_else() -> None:
     assert repeat_banned(loop, 4) == []  # 6 7 5 6 -> no 4-gram begun twice yet
     assert repeat_banned([1, 2, 1, 3, 1], 2) == [2, 3] and repeat_banned([1, 2], 1) == [1, 2]
     assert repeat_banned([1, 2], 4) == [] and repeat_banned([], 12) == []
+
+
+def test_valid_string_prefix() -> None:
+    for ok in ("plain", 'esc \\" \\\\ \\n \\u4e2d', "pending \\", "pending \\u4e", 'closed" then \\_ junk', ""):
+        assert prompts.valid_string_prefix(ok), ok
+    for bad in ("pg_stat\\_activity", "raw\nnewline", "\\u12g4", "tab\there"):
+        assert not prompts.valid_string_prefix(bad), bad
+
+
+def test_generation_never_chooses_an_invalid_escape(tiny_base: Path) -> None:
+    import torch
+
+    from large_model.inference import PrefixScorer
+
+    explainer = Explainer.from_pretrained(tiny_base, device="cpu", dtype="fp32", labels=TOY_LABELS)
+    tok = explainer.tokenizer
+    scorer = PrefixScorer(explainer.model, tok, "cpu")
+    new = tok("pg\\", add_special_tokens=False)["input_ids"]
+    underscore, letter_n = (tok(t, add_special_tokens=False)["input_ids"][0] for t in ("_", "n"))
+    logits = torch.zeros(len(tok))
+    logits[underscore], logits[letter_n] = 5.0, 4.0  # the model prefers "\_": not JSON
+    assert scorer._valid_choice(logits, new, set()) == letter_n
+    logits[letter_n] = -1.0
+    choice = scorer._valid_choice(logits, new, set())
+    assert choice != underscore and prompts.valid_string_prefix(tok.decode([*new, choice]))
+    assert scorer._valid_choice(logits, new, {underscore}) == underscore  # a stop token ends the string
