@@ -8,7 +8,8 @@ Data: records with ``log_entries``, ``category``, ``severity`` and a reference
 folder). Figures: category accuracy and macro-F1, severity accuracy, the category confusion
 matrix, the schema-valid rate (the model wrote all three text fields, each a non-empty JSON string
 it closed within its token budget, so the answer parsed as the JSON object with nothing filled in;
-the returned Explanation always validates), ROUGE-L F1 of suggested responses and root
+the returned Explanation always validates; the report keeps up to 20 of the answers that were not,
+as generated), ROUGE-L F1 of suggested responses and root
 causes against the references, and latency per explanation. ``--compare-base`` evaluates the
 untuned base the same way (same prompts, same label scoring) beside it. Where the model folder
 holds a flow profile (trained with the comparison with normal runs, :mod:`large_model.evidence`),
@@ -34,6 +35,8 @@ from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult
 from large_model.schema import LabelSet
 
 log = logging.getLogger(__name__)
+
+MAX_INVALID_SHOWN = 20  # answers that were not schema-valid kept in the report
 
 _TOKEN = re.compile(r"[a-z0-9]+|[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -194,9 +197,16 @@ def evaluate_explainer(
                 "truth": {"category": r["category"], "severity": r["severity"]},
                 "explanation": x.explanation.model_dump(),
                 "parsed": x.parsed,
+                "generated": x.generated,
             }
             for x, r in list(zip(results, rows, strict=True))[:5]
         ],
+        # the answers that were not schema-valid, as the model wrote them: what to look at first
+        "not_schema_valid": [
+            {"sequence_id": r.get("sequence_id"), "lang": r.get("lang", "en"), "generated": x.generated}
+            for x, r in zip(results_gen, rows, strict=False)
+            if not x.parsed
+        ][:MAX_INVALID_SHOWN],
     }
 
 

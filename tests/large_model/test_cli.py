@@ -99,6 +99,10 @@ def test_evaluate_large_reports_tuned_and_base(
     ):
         assert 0.0 <= tuned[key] <= 1.0
     assert tuned["n"] == 3 and sum(map(sum, tuned["category_confusion"]["matrix"])) == 3
+    # 8 tokens cannot hold three closed fields: every answer is listed as generated, never complete JSON
+    assert tuned["schema_valid_rate"] == 0.0 and len(tuned["not_schema_valid"]) == 3
+    for bad in tuned["not_schema_valid"]:
+        assert bad["generated"].startswith('{"category": ') and not bad["generated"].endswith('"}')
     assert "category accuracy" in capsys.readouterr().out
 
 
