@@ -271,30 +271,36 @@ class PrefixScorer:
             if banned:
                 logits = logits.clone()
                 logits[banned] = float("-inf")
-            token = self._valid_choice(logits, new, stops)
+            token, decoded = self._choose(logits, new, stops)
             if token in stops:
                 break
             new.append(token)
-            decoded = str(self.tokenizer.decode(new, skip_special_tokens=True))
             end = prompts.string_end(decoded)
             if end >= 0:
                 return decoded[:end], True, len(new)
         return str(self.tokenizer.decode(new, skip_special_tokens=True)), False, len(new)
 
     def _valid_choice(self, logits: torch.Tensor, new: list[int], stops: set[int]) -> int:
-        """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`).
+        """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`)."""
+        return self._choose(logits, new, stops)[0]
+
+    def _choose(self, logits: torch.Tensor, new: list[int], stops: set[int]) -> tuple[int, str]:
+        """:meth:`_valid_choice` with the decoded string it makes (``new`` plus the token; "" for a stop token).
 
         Looks at the :data:`VALID_CANDIDATES` most likely tokens in order (almost always the first
         one passes); a stop token is taken as it comes (the string then ends open).
         """
         top = torch.topk(logits, min(VALID_CANDIDATES, logits.shape[-1])).indices.tolist()
-        for token in top:
+        first = ""
+        for rank, token in enumerate(top):
             if token in stops:
-                return int(token)
+                return int(token), ""
             text = str(self.tokenizer.decode([*new, token], skip_special_tokens=True))
             if prompts.valid_string_prefix(text):
-                return int(token)
-        return int(top[0])
+                return int(token), text
+            if rank == 0:
+                first = text
+        return int(top[0]), first
 
     def reset(self) -> None:
         """Forget the cache (a new prompt)."""

@@ -310,6 +310,11 @@ TEXT_KEYS = ("summary", "root_cause", "suggested_response")  # generated in this
 FIELD_TOKENS = {"summary": 96, "root_cause": 128, "suggested_response": 256}
 
 
+def _joint(key: str) -> str:
+    """What :func:`format_target` writes between a closed text field and the next key's string."""
+    return '", ' + json.dumps(key) + ': "'
+
+
 def field_prefix(category: str, severity: str, done: Sequence[str]) -> str:
     """The answer up to the opening quote of the next text field, the raw texts of the fields before it given.
 
@@ -321,7 +326,7 @@ def field_prefix(category: str, severity: str, done: Sequence[str]) -> str:
         raise ValueError("every text field is done")
     text = text_prefix(category, severity)
     for key, raw in zip(TEXT_KEYS[1:], done, strict=False):
-        text += _drop_dangling_escape(raw) + '", ' + json.dumps(key) + ': "'
+        text += _drop_dangling_escape(raw) + _joint(key)
     return text
 
 
@@ -330,53 +335,47 @@ def _drop_dangling_escape(raw: str) -> str:
     return raw[:-1] if trailing % 2 else raw
 
 
-def string_end(generated: str) -> int:
-    """Index of the first unescaped ``"`` in generated JSON-string content (-1: the string is not closed)."""
+_ESCAPES = frozenset('"\\/bfnrtu')
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _scan_string(generated: str) -> tuple[int, bool]:
+    """Generated JSON-string content read up to its first unescaped ``"``: that index (-1: none) and validity.
+
+    Valid: no control character, every backslash starts a JSON escape (``\\uXXXX`` with hex
+    digits); an escape cut at the end is still pending, so fine. An invalid escape still escapes
+    the character after it (as far as finding the end goes).
+    """
+    valid = True
     index = 0
     while index < len(generated):
         char = generated[index]
+        if char == '"':
+            return index, valid
         if char == "\\":
+            escape = generated[index + 1 : index + 2]
+            hex_digits = generated[index + 2 : index + 6]
+            if escape and (escape not in _ESCAPES or (escape == "u" and any(d not in _HEX for d in hex_digits))):
+                valid = False
             index += 2
             continue
-        if char == '"':
-            return index
+        if char < " ":
+            valid = False
         index += 1
-    return -1
+    return -1, valid
 
 
-_ESCAPES = frozenset('"\\/bfnrtu')
-_HEX = frozenset("0123456789abcdefABCDEF")
+def string_end(generated: str) -> int:
+    """Index of the first unescaped ``"`` in generated JSON-string content (-1: the string is not closed)."""
+    return _scan_string(generated)[0]
 
 
 def valid_string_prefix(generated: str) -> bool:
     """Whether generated JSON-string content can still be valid JSON, up to its closing quote if any.
 
-    No control character, every backslash starts a JSON escape (``\\uXXXX`` with hex digits); an
-    escape cut at the end is still pending, so fine. What follows the closing quote is not looked at.
+    What follows the closing quote is not looked at.
     """
-    index = 0
-    while index < len(generated):
-        char = generated[index]
-        if char == '"':
-            return True
-        if char < " ":
-            return False
-        if char == "\\":
-            if index + 1 >= len(generated):
-                return True
-            escape = generated[index + 1]
-            if escape not in _ESCAPES:
-                return False
-            if escape == "u":
-                digits = generated[index + 2 : index + 6]
-                if any(d not in _HEX for d in digits):
-                    return False
-                index += 6
-                continue
-            index += 2
-            continue
-        index += 1
-    return True
+    return _scan_string(generated)[1]
 
 
 def decode_string(raw: str) -> str | None:
@@ -399,5 +398,5 @@ def assemble_answer(category: str, severity: str, raws: Sequence[str], closed: S
         text += raw
         if not done:
             return text
-        text += '"' + ("}" if index == len(TEXT_KEYS) - 1 else ", " + json.dumps(TEXT_KEYS[index + 1]) + ': "')
+        text += '"}' if index == len(TEXT_KEYS) - 1 else _joint(TEXT_KEYS[index + 1])
     return text

@@ -171,12 +171,15 @@ class OpenAIExplainer:
             raise ModelError(f"the server answered {answer!r}, not one of the known labels")
         return answer
 
-    def _generate_string(self, messages: list[dict[str, str]], answer: str, budget: int) -> tuple[str, bool, int]:
+    def _generate_string(
+        self, messages: list[dict[str, str]], prompt: str, answer: str, budget: int
+    ) -> tuple[str, bool, int]:
         """Greedy text of the JSON string the answer so far opens, up to its closing quote (as in process).
 
         The server stops at ``"`` (kept in the output: vLLM's ``include_stop_str_in_output``); an
         escaped ``\\"`` is not the end, so the request goes on from there while budget is left.
-        Returns the raw content, whether the model closed it, and the tokens it took.
+        ``prompt``: ``messages`` rendered (what completions mode continues). Returns the raw content,
+        whether the model closed it, and the tokens it took.
         """
         raw, used = "", 0
         while used < budget:
@@ -189,7 +192,7 @@ class OpenAIExplainer:
             }
             if self.mode == "completions":
                 path = "/v1/completions"
-                payload["prompt"] = self.encoder.render(messages) + answer + raw
+                payload["prompt"] = prompt + answer + raw
             else:
                 path = "/v1/chat/completions"
                 payload["messages"] = [*messages, {"role": "assistant", "content": answer + raw}]
@@ -234,8 +237,8 @@ class OpenAIExplainer:
         cats, sevs = self.labels.categories, self.labels.severities
         cat_scores: list[float] = []
         sev_scores: list[float] = []
+        prompt = self.encoder.render(messages) if self.mode == "completions" else ""  # chat: the server renders
         if self.mode == "completions":
-            prompt = self.encoder.render(messages)
             cat_scores = self._score(prompt + prompts.category_prefix(), cats)
             category = cats[max(range(len(cats)), key=cat_scores.__getitem__)]
             sev_scores = self._score(prompt + prompts.severity_prefix(category), sevs)
@@ -244,7 +247,7 @@ class OpenAIExplainer:
             category = self._chat_label(messages, prompts.category_prefix(), cats)
             severity = self._chat_label(messages, prompts.severity_prefix(category), sevs)
         raws, closed = generate_fields(
-            lambda answer, budget: self._generate_string(messages, answer, budget),
+            lambda answer, budget: self._generate_string(messages, prompt, answer, budget),
             category,
             severity,
             self.max_new_tokens,
