@@ -13,7 +13,7 @@ MODELS = ("moe-bert", "deeplog")
 # MoE-BERT options the CLI exposes (TrainArgs fields); DeepLog takes its own below
 MOE_OPTIONS = ("encoder", "epochs", "mlm_epochs", "mlm_max_sequences", "batch_size", "lr", "head_lr", "max_length",
                "num_encoder_layers", "freeze_layers", "pooling", "top_p", "num_experts", "contamination", "knn_k",
-               "bank_size", "mlm_line_probability", "recon_masking", "head_freeze_layers", "seed",
+               "bank_size", "mlm_line_probability", "recon_masking", "next_line", "head_freeze_layers", "seed",
                "threads")  # fmt: skip
 DEEPLOG_OPTIONS = {"window": int, "top_g": int, "hidden_size": int, "embedding_dim": int}
 
@@ -131,6 +131,10 @@ def add_commands(sub: Any) -> None:
     moe.add_argument("--bank-size", type=int)
     moe.add_argument("--mlm-line-probability", type=float, help="masked line modeling: share of lines masked whole")
     moe.add_argument("--recon-masking", choices=["lines", "tokens"], help="what one reconstruction pass masks")
+    moe.add_argument(
+        "--no-next-line", dest="next_line", action="store_false", default=None,
+        help="no forward line modeling (each line's next line predicted from the lines before it)",
+    )  # fmt: skip
     moe.add_argument("--head-freeze-layers", type=int, help="lowest layers frozen while the head trains")
     dl = t.add_argument_group("DeepLog options")
     for name, kind in DEEPLOG_OPTIONS.items():

@@ -74,6 +74,11 @@ class DetectorConfig:
     # masked line modeling predicts the masked line's class in this vocabulary of normalized lines
     # (the most frequent lines of training; others share one "other" class). None: no line head
     line_vocab: list[str] | None = None
+    # forward line modeling (with a line vocabulary): half the rows of a masked-modeling batch are read
+    # with block-causal attention and each line's state names the next line (or the end), as DeepLog
+    # does with template ids; the reconstruction score then also counts a line the flow's past did not
+    # lead to (a step out of order or skipped)
+    next_line: bool = False
     mlm_vocab: list[int] | None = None  # decoder classes: token ids seen in training (None: full vocab)
     # label-free scoring
     knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out

@@ -256,3 +256,17 @@ def line_targets(
         if n:
             out[b, :n] = torch.tensor(row[:n], dtype=torch.long)
     return out.masked_fill(~chosen, -100)
+
+
+def next_targets(input_ids: torch.Tensor, keys: Sequence[Sequence[int]], sep_id: int, end: int) -> torch.Tensor:
+    """(B, L) forward line modeling targets: at line i, the class of line i + 1 (``end`` after the last
+    line); -100 where line i is not whole in the ids (truncation cut it, as :func:`line_targets` says,
+    or it is padding)."""
+    seps = (input_ids == sep_id).sum(dim=1)  # (B,) lines present, the last one possibly cut
+    out = torch.full((input_ids.shape[0], max(1, int(seps.max()) if len(seps) else 1)), -100, dtype=torch.long)
+    for b, row in enumerate(keys):
+        n = len(row) if int(seps[b]) >= len(row) else max(0, int(seps[b]) - 1)
+        n = min(n, out.shape[1])
+        if n:
+            out[b, :n] = torch.tensor([*row[1:n + 1], *([end] if n == len(row) else [])][:n], dtype=torch.long)
+    return out

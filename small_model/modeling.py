@@ -200,6 +200,13 @@ class LineHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(x))))  # (M, C)
 
 
+def block_causal_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """(B, T, T) the attention of forward line modeling: a token sees the tokens of its own line and of
+    the lines before it, never a later line (so a line's state tells what the flow has done so far)."""
+    lines = line_index(input_ids, sep_id)  # (B, T)
+    return ((lines[:, None, :] <= lines[:, :, None]) & attention_mask.bool()[:, None, :]).long()
+
+
 def line_states(
     hidden: torch.Tensor, attention_mask: torch.Tensor, lines: torch.Tensor, num_lines: int
 ) -> torch.Tensor:
@@ -258,6 +265,8 @@ class DetectorOutput:
     mlm_nll: torch.Tensor | None = None  # (B, T) NLL of each masked token, 0 elsewhere
     line_loss: torch.Tensor | None = None
     line_nll: torch.Tensor | None = None  # (B, L) NLL of each scored line's class, 0 elsewhere
+    next_loss: torch.Tensor | None = None
+    next_nll: torch.Tensor | None = None  # (B, L) NLL of the next line's class at each line, 0 elsewhere
 
 
 def embedding_weight(encoder: nn.Module) -> torch.Tensor:
@@ -292,7 +301,11 @@ class MoEBertForLogAnomaly(nn.Module):
         self.pool = AttentionPooling(hidden) if config.pooling == "attention" else None
         self.head = AnomalyHead(hidden, config.head_hidden, config.head_dropout)
         self.line_head = LineHead(hidden, len(config.line_vocab) + 1) if config.line_vocab else None
-        for module in (self.moe, self.mlm_head, self.head, self.pool, self.line_head):
+        # forward line modeling: the class of the next line (vocabulary, other, end) from a line's state
+        # under block-causal attention
+        use_next = config.line_vocab and config.next_line
+        self.next_head = LineHead(hidden, len(config.line_vocab or []) + 2) if use_next else None
+        for module in (self.moe, self.mlm_head, self.head, self.pool, self.line_head, self.next_head):
             if module is not None:
                 _init_new_module(module)
         self.moe_mode: MoEMode = "top_p"
@@ -321,16 +334,26 @@ class MoEBertForLogAnomaly(nn.Module):
         mlm_labels: torch.Tensor | None = None,
         moe_mode: MoEMode | None = None,
         line_labels: torch.Tensor | None = None,
+        causal_rows: torch.Tensor | None = None,
+        next_labels: torch.Tensor | None = None,
     ) -> DetectorOutput:
         """``labels`` (B,) 0/1 anomaly targets; ``mlm_labels`` (B, T) token ids at masked positions, -100
-        elsewhere; ``line_labels`` (B, L) line classes of the lines masked whole, -100 elsewhere."""
+        elsewhere; ``line_labels`` (B, L) line classes of the lines masked whole, -100 elsewhere;
+        ``causal_rows`` (B,) bool: rows encoded with block-causal attention (forward line modeling),
+        whose ``next_labels`` (B, L) are the next line's class at each line (:func:`next_targets`)."""
         mode = moe_mode or self.moe_mode
         device = self.mlm_head.bias.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         labels = labels.to(device) if labels is not None else None
         mlm_labels = mlm_labels.to(device) if mlm_labels is not None else None
+        encoder_mask = attention_mask
+        if causal_rows is not None and bool(causal_rows.any()):
+            sep_id = self._sep_id()
+            causal = block_causal_mask(input_ids, attention_mask, sep_id)  # (B, T, T)
+            full = attention_mask[:, None, :].expand_as(causal)
+            encoder_mask = torch.where(causal_rows.to(device)[:, None, None], causal, full)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_bf16(device)):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+            hidden = self.encoder(input_ids=input_ids, attention_mask=encoder_mask).last_hidden_state  # (B, T, H)
             moe = self.moe(hidden, attention_mask, mode)
             pooled = self.pooled_from(moe.hidden, attention_mask)  # (B, H)
             logits = self.head(pooled).float()  # (B,)
@@ -342,13 +365,19 @@ class MoEBertForLogAnomaly(nn.Module):
             line_logits = None
             if line_labels is not None and self.line_head is not None:
                 line_labels = line_labels.to(device)
-                if self.config.sep_token_id is None:
-                    raise ModelError("the config has no sep_token_id: cannot find the lines")
-                lines = line_index(input_ids, self.config.sep_token_id)  # (B, T)
+                lines = line_index(input_ids, self._sep_id())  # (B, T)
                 num_lines = max(int(lines.max()) + 1, line_labels.shape[1])
                 states = line_states(moe.hidden, attention_mask, lines, num_lines)[:, : line_labels.shape[1]]
                 scored = line_labels != -100  # (B, L)
                 line_logits = self.line_head(states[scored])  # (M, C) only the lines with a target
+            next_logits = None
+            if next_labels is not None and self.next_head is not None:
+                next_labels = next_labels.to(device)
+                lines = line_index(input_ids, self._sep_id())  # (B, T)
+                num_lines = max(int(lines.max()) + 1, next_labels.shape[1])
+                states = line_states(moe.hidden, attention_mask, lines, num_lines)[:, : next_labels.shape[1]]
+                next_scored = next_labels != -100  # (B, L)
+                next_logits = self.next_head(states[next_scored])  # (M, C + 1)
         pooled = pooled.float()
         out = DetectorOutput(
             logits=logits,
@@ -375,12 +404,23 @@ class MoEBertForLogAnomaly(nn.Module):
             out.line_nll[scored] = lnll
             out.line_loss = lnll.mean() if lnll.numel() else lnll.sum()
             losses.append(out.line_loss)
+        if next_labels is not None and next_logits is not None:
+            nnll = F.cross_entropy(next_logits.float(), next_labels[next_scored], reduction="none")  # (M,)
+            out.next_nll = torch.zeros(next_labels.shape, dtype=nnll.dtype, device=nnll.device)
+            out.next_nll[next_scored] = nnll
+            out.next_loss = nnll.mean() if nnll.numel() else nnll.sum()
+            losses.append(out.next_loss)
         if losses:
             total = torch.stack(losses).sum()
             if mode == "top_p" and self.config.lb_coef > 0:
                 total = total + self.config.lb_coef * moe.aux_loss
             out.loss = total
         return out
+
+    def _sep_id(self) -> int:
+        if self.config.sep_token_id is None:
+            raise ModelError("the config has no sep_token_id: cannot find the lines")
+        return int(self.config.sep_token_id)
 
     def use_bf16(self, device: torch.device) -> bool:
         """Whether forward runs under bfloat16 autocast (``precision``: auto = CPUs with AMX/AVX512-BF16)."""

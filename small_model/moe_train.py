@@ -52,6 +52,7 @@ from small_model.data import (
     length_batches,
     line_keys,
     line_targets,
+    next_targets,
     pad_batch,
     perturb_lines,
     random_mlm_mask,
@@ -106,6 +107,7 @@ class TrainArgs:
     mlm_line_probability: float = 0.5  # masked line modeling: share of lines masked whole
     line_vocab_max: int = 4096  # the line head's classes: the most frequent normalized training lines
     recon_masking: str = "lines"  # reconstruction score: each line predicted from the others
+    next_line: bool = True  # forward line modeling beside it: each line's next line from the lines before
     mlm_vocab: str = "corpus"  # corpus: decode only token ids seen in training (+ other); full: all
     mlm_weight: float = 1.0  # weight of the MLM loss kept on normal sequences while the head trains
     mlm_rows: int = 4  # at most this many normal rows of a head batch carry that MLM loss
@@ -201,7 +203,9 @@ def corpus_vocab(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_l
 
 class LineMasker:
     """Masks a batch for masked log modeling: random tokens plus whole lines, whose classes become the
-    line head's targets (whole-line masking only when the config has a line vocabulary)."""
+    line head's targets (whole-line masking only when the config has a line vocabulary). With forward
+    line modeling (``config.next_line``) every other row is left unmasked and read with block-causal
+    attention instead, its targets each line's next line."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: DetectorConfig, gen: torch.Generator) -> None:
         self.never = special_ids(tokenizer)
@@ -210,6 +214,7 @@ class LineMasker:
         self.config, self.gen = config, gen
         self.lines = {line: i for i, line in enumerate(config.line_vocab or [])}
         self.active = bool(config.line_vocab) and config.mlm_line_probability > 0
+        self.forward = self.active and config.next_line
 
     def keys(self, text: str) -> list[int]:
         """The line classes of one joined text."""
@@ -218,7 +223,8 @@ class LineMasker:
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keys: Sequence[Sequence[int]] | None
     ) -> dict[str, torch.Tensor]:
-        """``input_ids``/``mlm_labels``/``line_labels`` for the model (``keys``: each row's line classes)."""
+        """``input_ids``/``mlm_labels``/``line_labels`` (and ``causal_rows``/``next_labels``) for the model
+        (``keys``: each row's line classes)."""
         whole = None
         if self.active and keys is not None:
             whole = draw_lines(input_ids, self.sep_id, self.config.mlm_line_probability, self.gen)
@@ -229,6 +235,16 @@ class LineMasker:
         batch = {"input_ids": masked, "mlm_labels": labels}
         if whole is not None and keys is not None:
             batch["line_labels"] = line_targets(input_ids, keys, self.sep_id, whole)
+        if self.forward and keys is not None:
+            rows = input_ids.shape[0]
+            causal = torch.arange(rows) % 2 == 1 if rows > 1 else torch.rand(1, generator=self.gen) < 0.5
+            batch["input_ids"] = torch.where(causal[:, None], input_ids, masked)
+            batch["mlm_labels"] = labels.masked_fill(causal[:, None], -100)
+            if "line_labels" in batch:
+                batch["line_labels"] = batch["line_labels"].masked_fill(causal[:, None], -100)
+            nxt = next_targets(input_ids, keys, self.sep_id, len(self.lines) + 1)
+            batch["next_labels"] = nxt.masked_fill(~causal[:, None], -100)
+            batch["causal_rows"] = causal
         return batch
 
 
@@ -318,6 +334,8 @@ def mlm_phase(
             losses = {"loss": out.loss, "mlm": out.mlm_loss.detach(), "lb": out.aux_loss.detach()}
             if out.line_loss is not None:
                 losses["line"] = out.line_loss.detach()
+            if out.next_loss is not None:
+                losses["next"] = out.next_loss.detach()
             return losses
 
         return fn
@@ -338,7 +356,8 @@ def _joint_mlm(
     ids, mask = input_ids[:, :width], attention_mask[:, :width]
     out = model(attention_mask=mask, moe_mode="top_p", **masker(ids, mask, keys))
     assert out.mlm_loss is not None
-    return out.mlm_loss + (out.line_loss if out.line_loss is not None else 0.0)
+    extra = [x for x in (out.line_loss, out.next_loss) if x is not None]
+    return out.mlm_loss + sum(extra)
 
 
 def supervised_phase(
@@ -551,6 +570,7 @@ def detector_config(args: TrainArgs) -> DetectorConfig:
         knn_k=args.knn_k,
         mlm_line_probability=args.mlm_line_probability,
         recon_masking=args.recon_masking,  # type: ignore[arg-type]
+        next_line=args.next_line,
         **args.extra,
     )
 
@@ -687,6 +707,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
         value = getattr(defaults, name)
         kind = type(value) if value is not None else (float if name == "epochs" else int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
+    p.add_argument("--no-next-line", dest="next_line", action="store_false", help="no forward line modeling")
     p.add_argument("--no-progress", action="store_true")
     ns = p.parse_args(argv)
     kwargs = {k: v for k, v in vars(ns).items() if k in TrainArgs.__dataclass_fields__}

@@ -37,6 +37,7 @@ from small_model.data import (
     line_keys,
     line_targets,
     maskable,
+    next_targets,
     pad_batch,
     sequence_text,
     special_ids,
@@ -109,6 +110,9 @@ class Calibration:
     # varies) do not drown a line out of place
     line_baseline: list[float] | None = None
     line_scale: list[float] | None = None
+    # forward line modeling: the same per class of the next line (the line vocabulary, other, end)
+    next_baseline: list[float] | None = None
+    next_scale: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -356,7 +360,7 @@ class MoEBertDetector:
         n = len(ids)
         pad_id = int(self.tokenizer.pad_token_id or 0)
         head = np.zeros(n)
-        recon = np.zeros(n)
+        recon: dict[str, np.ndarray] = {}
         pooled = np.zeros((n, self.model.hidden_size), dtype=np.float32)
         order = sorted(range(n), key=lambda i: len(ids[i]))
         for start in range(0, n, self.batch_size):
@@ -366,17 +370,27 @@ class MoEBertDetector:
             head[idx] = out.logits.double().cpu().numpy()  # logits: sigmoid saturates on normals
             pooled[idx] = out.pooled.float().cpu().numpy()
             if "recon" in components:
-                recon[idx] = self._recon(input_ids, attention_mask, [texts_in[i] for i in idx])
+                parts = self._recon(input_ids, attention_mask, [texts_in[i] for i in idx])
+                for name, values in parts.items():
+                    recon.setdefault(name, np.zeros(n))[idx] = values
         result: dict[str, np.ndarray] = {"head": head[where], "pooled": pooled[where]}
         if "recon" in components:
-            result["recon"] = recon[where]
+            # the worst of its parts; each part also kept (``recon:lines``, ``recon:next``) for reports
+            result["recon"] = np.max(np.stack(list(recon.values())), axis=0)[where]
+            if len(recon) > 1:
+                result.update({f"recon:{name}": values[where] for name, values in recon.items()})
         if "knn" in components and self.bank is not None:
             result["knn"] = knn_distance(pooled, self.bank, self.calibration.knn_k)[where]
         return result
 
-    def _recon(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
+    def _recon(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The reconstruction score of each row, by part: ``lines`` (masked line modeling), ``next``
+        (forward line modeling, when the model has it) or ``tokens`` (masked token NLL)."""
         if self.config.recon_masking == "lines" and self.model.line_head is not None:
-            return self._recon_lines(input_ids, attention_mask, texts)
+            parts = {"lines": self._worst_line(*self._line_nll(input_ids, attention_mask, texts), "line")}
+            if self.model.next_head is not None:
+                parts["next"] = self._worst_line(*self._next_nll(input_ids, attention_mask, texts), "next")
+            return parts
         mask_id = int(self.tokenizer.mask_token_id)
         nll = torch.zeros(input_ids.shape, dtype=torch.float32)
         for masked_ids, labels in strided_masks(
@@ -391,7 +405,11 @@ class MoEBertDetector:
             assert out.mlm_nll is not None
             nll += out.mlm_nll.float().cpu()
         scored = maskable(input_ids, attention_mask, self._never)  # (B, T)
-        return reduce_nll(nll, scored, input_ids, int(self.tokenizer.sep_token_id), self.calibration.recon_reduce)
+        sep_id = int(self.tokenizer.sep_token_id)
+        return {"tokens": reduce_nll(nll, scored, input_ids, sep_id, self.calibration.recon_reduce)}
+
+    def _keys(self, texts: Sequence[str]) -> list[list[int]]:
+        return [line_keys(t, self.config.line_separator, self._line_map, len(self._line_map)) for t in texts]
 
     def _line_nll(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]
@@ -399,7 +417,7 @@ class MoEBertDetector:
         """Each line masked whole in turn (``recon_passes`` strided passes): ``(nll, classes)``, both (B, L),
         the NLL of each line's class under the line head and the class (-100 where no line or a cut one)."""
         sep_id = int(self.tokenizer.sep_token_id)
-        keys = [line_keys(t, self.config.line_separator, self._line_map, len(self._line_map)) for t in texts]
+        keys = self._keys(texts)
         num_lines = int(line_index(input_ids, sep_id).max()) + 1
         passes = self.config.recon_passes
         nll = torch.zeros(input_ids.shape[0], num_lines)
@@ -414,12 +432,24 @@ class MoEBertDetector:
             classes = torch.where(targets != -100, targets, classes)
         return nll, classes
 
-    def _recon_lines(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
-        """Masked line modeling score: per line its NLL above the class baseline; per sequence the worst
-        line (``mean``: the average)."""
-        nll, classes = self._line_nll(input_ids, attention_mask, texts)
+    def _next_nll(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward line modeling in one block-causal pass: ``(nll, classes)``, both (B, L), the NLL of the
+        next line's class at each line and that class (-100 where there is none)."""
+        sep_id = int(self.tokenizer.sep_token_id)
+        targets = next_targets(input_ids, self._keys(texts), sep_id, len(self._line_map) + 1)
+        causal = torch.ones(input_ids.shape[0], dtype=torch.bool)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, causal_rows=causal, next_labels=targets)
+        assert out.next_nll is not None
+        return out.next_nll.float().cpu(), targets
+
+    def _worst_line(self, nll: torch.Tensor, classes: torch.Tensor, kind: Literal["line", "next"]) -> np.ndarray:
+        """Per line its NLL above the class baseline (``kind``: which baseline); per sequence the worst
+        line (``recon_reduce`` ``mean``: the average)."""
         scored = classes != -100
-        baseline, scale = self.calibration.line_baseline, self.calibration.line_scale
+        cal = self.calibration
+        baseline, scale = (cal.line_baseline, cal.line_scale) if kind == "line" else (cal.next_baseline, cal.next_scale)
         if baseline:
             nll = nll - torch.tensor(baseline, dtype=nll.dtype)[classes.clamp_min(0)]
         if scale:
@@ -430,31 +460,54 @@ class MoEBertDetector:
 
     @torch.inference_mode()
     def fit_line_baseline(self, texts: Sequence[str], min_count: int = 3, spread: float = 0.5) -> dict[str, Any]:
-        """Set ``calibration.line_baseline``/``line_scale`` from normal ``texts``: the mean NLL of each line
-        class seen at least ``min_count`` times and its standard deviation + ``spread`` (0 and 1 for
-        the others, which keep their raw NLL). Returns a summary."""
+        """Set ``calibration.line_baseline``/``line_scale`` (and ``next_baseline``/``next_scale``) from normal
+        ``texts``: the mean NLL of each line class seen at least ``min_count`` times and its standard
+        deviation + ``spread`` (0 and 1 for the others, which keep their raw NLL). Returns a summary."""
         if self.model.line_head is None or self.config.recon_masking != "lines" or not texts:
             return {}
-        num_classes = len(self.config.line_vocab or []) + 1
-        sums, squares, counts = torch.zeros(num_classes), torch.zeros(num_classes), torch.zeros(num_classes)
+        kinds: dict[str, Any] = {"line": (self._line_nll, len(self._line_map) + 1)}
+        if self.model.next_head is not None:
+            kinds["next"] = (self._next_nll, len(self._line_map) + 2)
+        stats = {k: (torch.zeros(c), torch.zeros(c), torch.zeros(c)) for k, (_, c) in kinds.items()}
         unique = sorted(set(texts))
         ids = encode_texts(self.tokenizer, unique, self.config.max_length)
         pad_id = int(self.tokenizer.pad_token_id or 0)
         for start in range(0, len(ids), self.batch_size):
             input_ids, attention_mask = pad_batch(ids[start : start + self.batch_size], pad_id)
-            nll, classes = self._line_nll(input_ids, attention_mask, unique[start : start + self.batch_size])
-            keep = classes != -100
-            sums.index_add_(0, classes[keep], nll[keep])
-            squares.index_add_(0, classes[keep], nll[keep] ** 2)
-            counts.index_add_(0, classes[keep], torch.ones(int(keep.sum())))
-        seen = counts >= min_count
-        mean = sums / counts.clamp_min(1)
-        std = (squares / counts.clamp_min(1) - mean**2).clamp_min(0).sqrt()
-        baseline = torch.where(seen, mean, torch.zeros_like(mean))
-        scale = torch.where(seen, std + spread, torch.ones_like(std))
-        self.calibration.line_baseline = [round(float(x), 5) for x in baseline]
-        self.calibration.line_scale = [round(float(x), 5) for x in scale]
-        return {"line_baseline_classes": int((counts >= min_count).sum()), "line_baseline_texts": len(unique)}
+            for kind, (fn, _) in kinds.items():
+                nll, classes = fn(input_ids, attention_mask, unique[start : start + self.batch_size])
+                keep = classes != -100
+                sums, squares, counts = stats[kind]
+                sums.index_add_(0, classes[keep], nll[keep])
+                squares.index_add_(0, classes[keep], nll[keep] ** 2)
+                counts.index_add_(0, classes[keep], torch.ones(int(keep.sum())))
+        notes: dict[str, Any] = {"line_baseline_texts": len(unique)}
+        other = len(self._line_map)
+        for kind, (sums, squares, counts) in stats.items():
+            seen = counts >= min_count
+            mean = sums / counts.clamp_min(1)
+            std = (squares / counts.clamp_min(1) - mean**2).clamp_min(0).sqrt()
+            # the rare lines of the vocabulary (background events seen in training, too seldom here for
+            # stats of their own) share the stats of all their occurrences: a rare line is hard to
+            # predict by nature. A line outside the vocabulary (other) keeps its raw NLL
+            rare = ~seen & (torch.arange(len(counts)) != other)
+            pooled = float(counts[rare].sum())
+            fallback_mean, fallback_scale = torch.zeros(()), torch.ones(())
+            if pooled >= min_count:
+                fallback_mean = sums[rare].sum() / pooled
+                fallback_scale = (squares[rare].sum() / pooled - fallback_mean**2).clamp_min(0).sqrt() + spread
+                rare_fill = rare
+            else:
+                rare_fill = torch.zeros_like(rare)
+            base_t = torch.where(seen, mean, torch.where(rare_fill, fallback_mean, torch.zeros_like(mean)))
+            scale_t = torch.where(seen, std + spread, torch.where(rare_fill, fallback_scale, torch.ones_like(std)))
+            baseline = [round(float(x), 5) for x in base_t]
+            scale = [round(float(x), 5) for x in scale_t]
+            setattr(self.calibration, f"{kind}_baseline", baseline)
+            setattr(self.calibration, f"{kind}_scale", scale)
+            notes[f"{kind}_baseline_classes"] = int(seen.sum())
+            notes[f"{kind}_rare_pooled"] = int(pooled)
+        return notes
 
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
         """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of sequences."""

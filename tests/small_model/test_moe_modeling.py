@@ -17,6 +17,7 @@ from small_model.data import (
     line_keys,
     line_targets,
     maskable,
+    next_targets,
     pad_batch,
     random_mlm_mask,
     special_ids,
@@ -26,6 +27,7 @@ from small_model.modeling import (
     MoEBertForLogAnomaly,
     MoELayer,
     build_model,
+    block_causal_mask,
     build_tokenizer,
     load_balancing_loss,
     top_p_routing,
@@ -270,6 +272,38 @@ def test_line_targets_skip_cut_lines(tokenizer) -> None:  # type: ignore[no-unty
     assert (line_targets(input_ids, keys, tokenizer.sep_token_id, ~chosen) == -100).all()
 
 
+def test_next_targets_name_the_next_line_then_the_end(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    keys = [[5, 6, 7], [1, 2, 3], [4, 0]]
+    end = 9
+    full, _ = pad_batch(encode_texts(tokenizer, TEXTS, 128), tokenizer.pad_token_id)
+    assert next_targets(full, keys, tokenizer.sep_token_id, end).tolist() == [[6, 7, 9], [2, 3, 9], [0, 9, -100]]
+    cut, _ = pad_batch(encode_texts(tokenizer, TEXTS, 12), tokenizer.pad_token_id)  # cut inside the second line
+    assert next_targets(cut, keys, tokenizer.sep_token_id, end)[:2].tolist() == [[6, -100], [2, -100]]
+
+
+def test_block_causal_attention_hides_later_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Forward line modeling: what a line's state predicts depends on that line and the ones before it,
+    never on a later line; the bidirectional rows of the same batch do see later lines."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(**NEXT_LINE), tokenizer).eval()
+    assert model.next_head is not None
+    texts = ["order-service started [SEP] retry [SEP] disk full", "order-service started [SEP] retry [SEP] login ok"]
+    input_ids, attention_mask = batch(tokenizer, texts)
+    mask = block_causal_mask(input_ids, attention_mask, tokenizer.sep_token_id)  # (2, T, T)
+    lines = line_index(input_ids, tokenizer.sep_token_id)
+    first_sep = int((input_ids[0] == tokenizer.sep_token_id).nonzero()[0])
+    assert mask[0, first_sep].bool().tolist() == (lines[0] == 0).tolist()  # line 0 sees line 0 only
+    targets = torch.tensor([[1, 2, 3], [1, 2, 3]])  # the same targets: NLLs can be compared
+    with torch.no_grad():
+        causal = model(input_ids=input_ids, attention_mask=attention_mask, causal_rows=torch.tensor([True, True]),
+                       next_labels=targets)  # fmt: skip
+        both = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.zeros(2))
+    assert causal.next_nll is not None and causal.next_loss is not None
+    torch.testing.assert_close(causal.next_nll[0, :2], causal.next_nll[1, :2])  # lines 0-1 are shared
+    assert not torch.allclose(causal.next_nll[0, 2], causal.next_nll[1, 2])  # line 2 differs
+    assert not torch.allclose(both.pooled[0], both.pooled[1])
+
+
 def test_loss_falls_on_a_toy_set(tokenizer) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build_model(tiny_config(), tokenizer)
@@ -321,9 +355,10 @@ def test_config_json_roundtrip(tmp_path: Path) -> None:
 
 
 LINE_VOCAB = {"recon_masking": "lines", "mlm_line_probability": 0.25, "line_vocab": ["order-service started", "retry"]}
+NEXT_LINE = {**LINE_VOCAB, "next_line": True}
 
 
-@pytest.mark.parametrize("masking", [{}, LINE_VOCAB], ids=["tokens", "lines"])
+@pytest.mark.parametrize("masking", [{}, LINE_VOCAB, NEXT_LINE], ids=["tokens", "lines", "lines+next"])
 def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path, masking: dict) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build_model(tiny_config(pooling="attention", **masking), tokenizer).eval()
@@ -355,8 +390,10 @@ def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path, maskin
     assert len(contributions) == 2 and all(np.isfinite(contributions))
     assert isinstance(MoEBertForLogAnomaly.from_pretrained(path), MoEBertForLogAnomaly)
     assert loaded.config.line_vocab == model.config.line_vocab
-    recon = loaded.raw_scores(sequences)["recon"]
-    assert recon.shape == (2,) and (recon > 0).all()
+    raw = loaded.raw_scores(sequences)
+    assert raw["recon"].shape == (2,) and (raw["recon"] > 0).all()
+    if masking.get("next_line"):  # the worst of masked and forward line modeling
+        np.testing.assert_array_equal(raw["recon"], np.maximum(raw["recon:lines"], raw["recon:next"]))
 
 
 def test_line_head_nll_covers_each_line_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
