@@ -396,6 +396,35 @@ def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path, maskin
         np.testing.assert_array_equal(raw["recon"], np.maximum(raw["recon:lines"], raw["recon:next"]))
 
 
+def test_line_baseline_pools_the_rare_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Classes seen often get their own mean and spread; rare vocabulary lines share the stats of all
+    their occurrences; a line outside the vocabulary keeps its raw NLL (baseline 0, scale 1)."""
+    torch.manual_seed(0)
+    vocab = ["flow starts", "step one", "step two", "flow ends", "gc pause", "health check", "cache warm"]
+    model = build_model(tiny_config(recon_masking="lines", mlm_line_probability=0.25, line_vocab=vocab,
+                                    next_line=True), tokenizer).eval()  # fmt: skip
+    common = ["flow starts", "step one", "step two", "flow ends"]
+    texts = [" [SEP] ".join(common[:2] + [f"variant {i}"] + common[2:]) for i in range(2)]  # "variant": other
+    texts += [" [SEP] ".join(common[:k] + [rare] + common[k:]) for k, rare in ((1, "gc pause"), (3, "health check"), (2, "gc pause"))]
+    detector = MoEBertDetector(model, tokenizer)
+    notes = detector.fit_line_baseline(texts, min_count=3)
+    cal = detector.calibration
+    assert cal.line_baseline is not None and cal.line_scale is not None and cal.next_baseline is not None
+    assert notes["line_baseline_classes"] == 4 and notes["line_rare_pooled"] == 3  # gc pause twice, health check
+    input_ids, attention_mask = batch(tokenizer, texts)
+    with torch.no_grad():
+        nll, classes = detector._line_nll(input_ids, attention_mask, texts)
+    rare = (classes == 4) | (classes == 5)
+    pooled = nll[rare]
+    gc, health, never, other = 4, 5, 6, len(vocab)
+    for c in (gc, health, never):  # "cache warm" never occurs: the pooled stats too
+        assert cal.line_baseline[c] == pytest.approx(float(pooled.mean()), abs=1e-4)
+        assert cal.line_scale[c] == pytest.approx(float(pooled.std(unbiased=False)) + 0.5, abs=1e-4)
+    assert (cal.line_baseline[other], cal.line_scale[other]) == (0.0, 1.0)  # seen twice, not pooled
+    assert cal.line_baseline[0] == pytest.approx(float(nll[classes == 0].mean()), abs=1e-4)
+    assert len(cal.next_baseline) == len(vocab) + 2  # the next line's classes: vocabulary, other, end
+
+
 def test_line_head_nll_covers_each_line_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build_model(tiny_config(**LINE_VOCAB), tokenizer).eval()
