@@ -11,7 +11,9 @@ Label-free (normal or unlabeled sequences only; anomalies in the file are droppe
         --train data/splits/train_normal.json --val data/splits/val.json --out artifacts/detector-unsup
 
 Steps: (a) masked log modeling on the normal/unlabeled sequences (random tokens and whole lines
-masked; a line head names each masked line in a vocabulary of the normalized training lines),
+masked; a line head names each masked line in a vocabulary of the normalized training lines; every
+other row is read unmasked with block-causal attention instead, and a second line head names each
+line's next line: forward line modeling, which sees the order of the steps),
 stage 1 with dense experts, stage 2 with Top-P routing and the load-balancing loss; (b) supervised: the head (and the encoder
 under it) trained with BCE; or (c) label-free: the head trained as a one-class model against
 synthetic negatives (normal sequences with lines dropped, duplicated, swapped, shuffled or

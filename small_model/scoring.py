@@ -7,7 +7,11 @@
 Supervised artifacts score with the anomaly head alone (a probability). Label-free artifacts fuse
 three scores, each mapped to [0, 1] by a robust z-score against held-out normal sequences and a
 sigmoid: the one-class head, the cosine kNN distance of the pooled embedding to a bank of training
-embeddings, and the reconstruction loss (masked-token NLL under deterministic masking).
+embeddings, and the reconstruction score: with a line vocabulary, the worst line of two parts, each
+line's NLL standardized per line class on held-out normal sequences: masked line modeling (each line
+masked in turn, predicted from all the others) and forward line modeling (each line's next line
+predicted from the lines before it, under block-causal attention); without one, the masked-token NLL
+under deterministic masking.
 """
 
 from __future__ import annotations
