@@ -53,10 +53,14 @@ from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = sum(prompts.FIELD_TOKENS.values())  # 480: the three fields' budgets
+DEFAULT_MAX_NEW_TOKENS = sum(prompts.FIELD_TOKENS.values()) + max(prompts.FIELD_TOKENS.values())  # 736: the fields + one retry
 # no n-gram of this many tokens twice in one text field: the shortest n at which no reference answer
 # of the generator's data (6000 fields, English and Chinese) repeats one; stops loops of any period
 NO_REPEAT_NGRAM = 12
+# a field the model left open (a loop ran it to its budget) is written once more with CTRL's
+# repetition penalty on the tokens already in it: a positive logit of such a token divided by this,
+# a negative one multiplied (greedy loops end; on all fields it lowered ROUGE-L, so only on a retry)
+RETRY_REPETITION_PENALTY = 1.3
 VALID_CANDIDATES = 32  # tokens looked at, most likely first, for one that keeps the string valid JSON
 ANSWER_RESERVE = 48  # tokens kept free after the prompt for the label prefixes
 
@@ -142,8 +146,24 @@ def repeat_banned(tokens: Sequence[int], n: int) -> list[int]:
     return sorted({tokens[i + n - 1] for i in range(len(tokens) - n + 1) if list(tokens[i : i + n - 1]) == suffix})
 
 
+def penalize_repeats(logits: torch.Tensor, tokens: Sequence[int], penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: the logits (V,) of ``tokens`` divided by ``penalty`` where positive,
+    multiplied where negative (a new tensor; ``logits`` as it is when there is nothing to change)."""
+    if penalty == 1.0 or not tokens:
+        return logits
+    out = logits.clone()
+    seen = torch.tensor(sorted(set(tokens)), device=logits.device)
+    values = out[seen]
+    out[seen] = torch.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
 def generate_fields(
-    write: Callable[[str, int], tuple[str, bool, int]], category: str, severity: str, max_new_tokens: int
+    write: Callable[[str, int], tuple[str, bool, int]],
+    category: str,
+    severity: str,
+    max_new_tokens: int,
+    retry: Callable[[str, int], tuple[str, bool, int]] | None = None,
 ) -> tuple[list[str], list[bool]]:
     """The three text fields, one after the other, each a JSON string the model closes.
 
@@ -151,7 +171,9 @@ def generate_fields(
     so far, :func:`prompts.field_prefix`) opens, as ``(raw content, closed, tokens used)``. The
     fixed joints between the fields (``", "root_cause": "``) are written here, so the answer is
     valid JSON whenever the model closes each string; each field has its own budget
-    (:data:`prompts.FIELD_TOKENS`), all of them together at most ``max_new_tokens``.
+    (:data:`prompts.FIELD_TOKENS`), all of them together at most ``max_new_tokens``. ``retry``
+    (same signature): a second way of writing a field that the first left open, tried once per
+    field while the total budget lasts (its tokens count too).
     """
     raws: list[str] = []
     closed: list[bool] = []
@@ -160,8 +182,14 @@ def generate_fields(
         budget = min(prompts.FIELD_TOKENS[key], left)
         if budget <= 0:
             break
-        raw, done, used = write(prompts.field_prefix(category, severity, raws), budget)
+        prefix = prompts.field_prefix(category, severity, raws)
+        raw, done, used = write(prefix, budget)
         left -= used
+        if not done and retry is not None and left > 0:
+            again, done_again, used_again = retry(prefix, min(prompts.FIELD_TOKENS[key], left))
+            left -= used_again
+            if done_again:
+                raw, done = again, True
         raws.append(raw)
         closed.append(done)
     return raws, closed
@@ -241,7 +269,9 @@ class PrefixScorer:
         return [float(v) for v in (picked * counted).sum(dim=1).tolist()]
 
     @torch.inference_mode()
-    def generate_string(self, text: str, max_new_tokens: int, stop_ids: Sequence[int]) -> tuple[str, bool, int]:
+    def generate_string(
+        self, text: str, max_new_tokens: int, stop_ids: Sequence[int], repetition_penalty: float = 1.0
+    ) -> tuple[str, bool, int]:
         """Greedy continuation of ``text`` (which ends inside a JSON string) up to the string's closing quote.
 
         Returns the raw string content, whether the model closed it (a stop token or the token
@@ -249,7 +279,8 @@ class PrefixScorer:
         :data:`NO_REPEAT_NGRAM`-gram of this string is never chosen (a small tuned model otherwise
         falls into loops such as "of the circuit breaker of the circuit breaker ..." until the
         budget runs out), nor one that makes the string invalid JSON (``\\_``, a raw control
-        character). The cache keeps the prefix for the next field.
+        character); ``repetition_penalty`` > 1 lowers the logits of the tokens already in the
+        string (see :data:`RETRY_REPETITION_PENALTY`). The cache keeps the prefix for the next field.
         """
         ids = self._ids(text)
         self._advance(ids[:-1])
@@ -268,6 +299,8 @@ class PrefixScorer:
             position += 1
             logits = out.logits[0, -1]
             banned = repeat_banned(new, NO_REPEAT_NGRAM)
+            if repetition_penalty != 1.0:
+                logits = penalize_repeats(logits, new, repetition_penalty)
             if banned:
                 logits = logits.clone()
                 logits[banned] = float("-inf")
@@ -489,6 +522,9 @@ class Explainer:
                 category,
                 severity,
                 self.max_new_tokens,
+                retry=lambda answer, budget: scorer.generate_string(
+                    prompt + answer, budget, self.stop_ids, RETRY_REPETITION_PENALTY
+                ),
             )
         explanation, parsed = build_explanation(category, severity, raws, closed, lang, self.name, self.base)
         return ExplainResult(

@@ -88,7 +88,7 @@ class TrainLargeArgs:
     label_weight: float = 3.0  # loss weight of the category and severity tokens (1: plain mean)
     lora_layers: int = 4  # LoRA on the top N decoder layers only (0: all): no backward below them
     feature_cache: bool = True  # run the frozen layers below the LoRA once per example, train on their output
-    text_fraction: float = 0.25  # share of examples that keep the whole answer; the rest teach the labels only
+    text_fraction: float = 1.0  # share of examples that keep the whole answer; the rest teach the labels only
     batch_size: int = 2
     grad_accum: int = 1
     max_steps: int = 640

@@ -253,6 +253,20 @@ def test_repeat_banned_stops_loops_and_nothing_else() -> None:
     assert repeat_banned([1, 2], 4) == [] and repeat_banned([], 12) == []
 
 
+def test_repetition_penalty_lowers_the_tokens_already_written() -> None:
+    import torch
+
+    from large_model.inference import penalize_repeats
+
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0])
+    out = penalize_repeats(logits, [0, 1, 1], 2.0)
+    assert out.tolist() == [1.0, -2.0, 0.5, 3.0]  # positive halved, negative doubled, the others kept
+    assert logits.tolist() == [2.0, -1.0, 0.5, 3.0]  # the input is left as it was
+    assert int(torch.argmax(penalize_repeats(torch.tensor([3.0, 2.0]), [0], 1.3))) == 0  # 3/1.3 still wins
+    assert int(torch.argmax(penalize_repeats(torch.tensor([3.0, 2.0]), [0], 2.0))) == 1
+    assert penalize_repeats(logits, [], 2.0) is logits and penalize_repeats(logits, [0], 1.0) is logits
+
+
 def test_valid_string_prefix() -> None:
     for ok in ("plain", 'esc \\" \\\\ \\n \\u4e2d', "pending \\", "pending \\u4e", 'closed" then \\_ junk', ""):
         assert prompts.valid_string_prefix(ok), ok
@@ -277,3 +291,31 @@ def test_generation_never_chooses_an_invalid_escape(tiny_base: Path) -> None:
     choice = scorer._valid_choice(logits, new, set())
     assert choice != underscore and prompts.valid_string_prefix(tok.decode([*new, choice]))
     assert scorer._valid_choice(logits, new, {underscore}) == underscore  # a stop token ends the string
+
+
+def test_generate_fields_retries_an_open_field_once_within_the_budget() -> None:
+    """A field left open is written once more by ``retry``; its text replaces the open one only when the
+    retry closes it; the retry's tokens count against the total; no retry once the total is spent."""
+    from large_model.inference import generate_fields
+
+    calls: list[tuple[str, str, int]] = []
+
+    def write(answer: str, budget: int) -> tuple[str, bool, int]:
+        calls.append(("write", answer.rsplit('"', 3)[-3], budget))
+        looping = answer.endswith('"root_cause": "')  # the second field loops until its budget
+        return ("loop loop" if looping else "fine", not looping, budget if looping else 5)
+
+    def retry(answer: str, budget: int) -> tuple[str, bool, int]:
+        calls.append(("retry", answer.rsplit('"', 3)[-3], budget))
+        return "closed on retry", True, 7
+
+    raws, closed = generate_fields(write, "timeout", "high", 1000, retry)
+    assert raws == ["fine", "closed on retry", "fine"] and closed == [True, True, True]
+    assert [c[:2] for c in calls] == [("write", "summary"), ("write", "root_cause"), ("retry", "root_cause"),
+                                      ("write", "suggested_response")]  # fmt: skip
+    calls.clear()
+    budget = 5 + prompts.FIELD_TOKENS["root_cause"]  # spent by the summary and the looping field
+    raws, closed = generate_fields(write, "timeout", "high", budget, retry)
+    assert [c[0] for c in calls] == ["write", "write"] and closed == [True, False]  # nothing left to retry with
+    raws, closed = generate_fields(write, "timeout", "high", 1000)  # no retry given: the field stays open
+    assert closed == [True, False, True] and raws[1] == "loop loop"
