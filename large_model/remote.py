@@ -21,7 +21,9 @@ continues the answer so far (``..., "summary": "``), stops at the string's closi
 to the next field is written here, so the answer is valid JSON whenever the model closes each
 string. One difference: the in-process explainer never lets a field repeat a
 12-token n-gram (:data:`inference.NO_REPEAT_NGRAM`, against greedy loops) nor write an invalid
-JSON escape (``\\_``); the OpenAI API has neither option, so a server's field can loop until its
+JSON escape (``\\_``), and writes a field left open once more with a repetition penalty on that
+field's own tokens; the OpenAI API has none of these (vLLM's ``repetition_penalty`` also counts
+the prompt's tokens, which the answers copy ids from), so a server's field can loop until its
 budget or hold such an escape, and count as not schema-valid.
 
 ``mode="chat"`` (servers without prompt log-probabilities): constrained prompting through
