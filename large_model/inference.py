@@ -53,7 +53,8 @@ from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = sum(prompts.FIELD_TOKENS.values()) + max(prompts.FIELD_TOKENS.values())  # 736: the fields + one retry
+# 736: the three fields' budgets and one retry of the longest (a field the model left open)
+DEFAULT_MAX_NEW_TOKENS = sum(prompts.FIELD_TOKENS.values()) + max(prompts.FIELD_TOKENS.values())
 # no n-gram of this many tokens twice in one text field: the shortest n at which no reference answer
 # of the generator's data (6000 fields, English and Chinese) repeats one; stops loops of any period
 NO_REPEAT_NGRAM = 12

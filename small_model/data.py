@@ -268,5 +268,5 @@ def next_targets(input_ids: torch.Tensor, keys: Sequence[Sequence[int]], sep_id:
         n = len(row) if int(seps[b]) >= len(row) else max(0, int(seps[b]) - 1)
         n = min(n, out.shape[1])
         if n:
-            out[b, :n] = torch.tensor([*row[1:n + 1], *([end] if n == len(row) else [])][:n], dtype=torch.long)
+            out[b, :n] = torch.tensor([*row[1 : n + 1], *([end] if n == len(row) else [])][:n], dtype=torch.long)
     return out

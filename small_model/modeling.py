@@ -269,6 +269,17 @@ class DetectorOutput:
     next_nll: torch.Tensor | None = None  # (B, L) NLL of the next line's class at each line, 0 elsewhere
 
 
+def _scattered_nll(
+    logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``logits`` (M, C) against ``targets`` (M,), put back at the True places of
+    ``where`` (0 elsewhere), and its mean (0 when M is 0)."""
+    nll = F.cross_entropy(logits.float(), targets, reduction="none")  # (M,)
+    full = torch.zeros(where.shape, dtype=nll.dtype, device=nll.device)
+    full[where] = nll
+    return full, (nll.mean() if nll.numel() else nll.sum())
+
+
 def embedding_weight(encoder: nn.Module) -> torch.Tensor:
     """The (V, H) word embedding matrix of a transformers encoder."""
     weight = encoder.get_input_embeddings().weight  # type: ignore[operator]
@@ -303,7 +314,7 @@ class MoEBertForLogAnomaly(nn.Module):
         self.line_head = LineHead(hidden, len(config.line_vocab) + 1) if config.line_vocab else None
         # forward line modeling: the class of the next line (vocabulary, other, end) from a line's state
         # under block-causal attention
-        use_next = config.line_vocab and config.next_line
+        use_next = bool(config.line_vocab) and config.next_line
         self.next_head = LineHead(hidden, len(config.line_vocab or []) + 2) if use_next else None
         for module in (self.moe, self.mlm_head, self.head, self.pool, self.line_head, self.next_head):
             if module is not None:
@@ -362,22 +373,15 @@ class MoEBertForLogAnomaly(nn.Module):
                 masked = mlm_labels != -100  # (B, T)
                 word_embeddings = embedding_weight(self.encoder)  # (V, H)
                 mlm_logits = self.mlm_head(moe.hidden[masked], word_embeddings)  # (M, V) only masked tokens
-            line_logits = None
+            line_logits = next_logits = None
             if line_labels is not None and self.line_head is not None:
                 line_labels = line_labels.to(device)
-                lines = line_index(input_ids, self._sep_id())  # (B, T)
-                num_lines = max(int(lines.max()) + 1, line_labels.shape[1])
-                states = line_states(moe.hidden, attention_mask, lines, num_lines)[:, : line_labels.shape[1]]
                 scored = line_labels != -100  # (B, L)
-                line_logits = self.line_head(states[scored])  # (M, C) only the lines with a target
-            next_logits = None
+                line_logits = self._line_logits(self.line_head, moe.hidden, input_ids, attention_mask, scored)
             if next_labels is not None and self.next_head is not None:
                 next_labels = next_labels.to(device)
-                lines = line_index(input_ids, self._sep_id())  # (B, T)
-                num_lines = max(int(lines.max()) + 1, next_labels.shape[1])
-                states = line_states(moe.hidden, attention_mask, lines, num_lines)[:, : next_labels.shape[1]]
                 next_scored = next_labels != -100  # (B, L)
-                next_logits = self.next_head(states[next_scored])  # (M, C + 1)
+                next_logits = self._line_logits(self.next_head, moe.hidden, input_ids, attention_mask, next_scored)
         pooled = pooled.float()
         out = DetectorOutput(
             logits=logits,
@@ -393,22 +397,13 @@ class MoEBertForLogAnomaly(nn.Module):
             losses.append(out.cls_loss)
         if mlm_labels is not None and mlm_logits is not None:
             targets = self.mlm_head.targets(mlm_labels[masked])  # (M,)
-            nll = F.cross_entropy(mlm_logits.float(), targets, reduction="none")  # (M,)
-            out.mlm_nll = torch.zeros(mlm_labels.shape, dtype=nll.dtype, device=nll.device)
-            out.mlm_nll[masked] = nll
-            out.mlm_loss = nll.mean() if nll.numel() else nll.sum()
+            out.mlm_nll, out.mlm_loss = _scattered_nll(mlm_logits, targets, masked)
             losses.append(out.mlm_loss)
         if line_labels is not None and line_logits is not None:
-            lnll = F.cross_entropy(line_logits.float(), line_labels[scored], reduction="none")  # (M,)
-            out.line_nll = torch.zeros(line_labels.shape, dtype=lnll.dtype, device=lnll.device)
-            out.line_nll[scored] = lnll
-            out.line_loss = lnll.mean() if lnll.numel() else lnll.sum()
+            out.line_nll, out.line_loss = _scattered_nll(line_logits, line_labels[scored], scored)
             losses.append(out.line_loss)
         if next_labels is not None and next_logits is not None:
-            nnll = F.cross_entropy(next_logits.float(), next_labels[next_scored], reduction="none")  # (M,)
-            out.next_nll = torch.zeros(next_labels.shape, dtype=nnll.dtype, device=nnll.device)
-            out.next_nll[next_scored] = nnll
-            out.next_loss = nnll.mean() if nnll.numel() else nnll.sum()
+            out.next_nll, out.next_loss = _scattered_nll(next_logits, next_labels[next_scored], next_scored)
             losses.append(out.next_loss)
         if losses:
             total = torch.stack(losses).sum()
@@ -416,6 +411,16 @@ class MoEBertForLogAnomaly(nn.Module):
                 total = total + self.config.lb_coef * moe.aux_loss
             out.loss = total
         return out
+
+    def _line_logits(
+        self, head: LineHead, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        scored: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """``head`` on the mean token state of each line where ``scored`` (B, L): (M, C), M = scored lines."""
+        lines = line_index(input_ids, self._sep_id())  # (B, T)
+        num_lines = max(int(lines.max()) + 1, scored.shape[1])
+        states = line_states(hidden, attention_mask, lines, num_lines)[:, : scored.shape[1]]  # (B, L, H)
+        return head(states[scored])
 
     def _sep_id(self) -> int:
         if self.config.sep_token_id is None:

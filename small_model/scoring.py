@@ -387,7 +387,9 @@ class MoEBertDetector:
             result["knn"] = knn_distance(pooled, self.bank, self.calibration.knn_k)[where]
         return result
 
-    def _recon(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def _recon(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         """The reconstruction score of each row, by part: ``lines`` (masked line modeling), ``next``
         (forward line modeling, when the model has it) or ``tokens`` (masked token NLL)."""
         if self.config.recon_masking == "lines" and self.model.line_head is not None:

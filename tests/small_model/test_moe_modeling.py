@@ -26,8 +26,8 @@ from small_model.data import (
 from small_model.modeling import (
     MoEBertForLogAnomaly,
     MoELayer,
-    build_model,
     block_causal_mask,
+    build_model,
     build_tokenizer,
     load_balancing_loss,
     top_p_routing,
@@ -404,8 +404,11 @@ def test_line_baseline_pools_the_rare_lines(tokenizer) -> None:  # type: ignore[
     model = build_model(tiny_config(recon_masking="lines", mlm_line_probability=0.25, line_vocab=vocab,
                                     next_line=True), tokenizer).eval()  # fmt: skip
     common = ["flow starts", "step one", "step two", "flow ends"]
-    texts = [" [SEP] ".join(common[:2] + [f"variant {i}"] + common[2:]) for i in range(2)]  # "variant": other
-    texts += [" [SEP] ".join(common[:k] + [rare] + common[k:]) for k, rare in ((1, "gc pause"), (3, "health check"), (2, "gc pause"))]
+    texts = [" [SEP] ".join([*common[:2], f"variant {i}", *common[2:]]) for i in range(2)]  # "variant": other
+    texts += [
+        " [SEP] ".join([*common[:k], rare, *common[k:]])
+        for k, rare in ((1, "gc pause"), (3, "health check"), (2, "gc pause"))
+    ]
     detector = MoEBertDetector(model, tokenizer)
     notes = detector.fit_line_baseline(texts, min_count=3)
     cal = detector.calibration
