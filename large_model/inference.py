@@ -66,6 +66,12 @@ VALID_CANDIDATES = 32  # tokens looked at, most likely first, for one that keeps
 ANSWER_RESERVE = 48  # tokens kept free after the prompt for the label prefixes
 
 
+def answer_span(max_new_tokens: int) -> int:
+    """The most generated tokens an answer holds at once: a retry writes an open field again from the
+    same place (the cache cut back), so the answer never grows past the three fields' budgets."""
+    return min(max_new_tokens, sum(prompts.FIELD_TOKENS.values()))
+
+
 @dataclass
 class ExplainResult:
     """An explanation with what led to it: label scores, the raw generated text, timing."""
@@ -397,7 +403,7 @@ class Explainer:
         self.device = device
         self.max_new_tokens = max_new_tokens
         context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 4096
-        self.max_prompt_tokens = min(max_prompt_tokens, context - max_new_tokens - ANSWER_RESERVE)
+        self.max_prompt_tokens = min(max_prompt_tokens, context - answer_span(max_new_tokens) - ANSWER_RESERVE)
         if self.max_prompt_tokens < 64:
             raise ModelError(f"the model's context ({context} tokens) is too small for the explainer")
         self.encoder = PromptEncoder(

@@ -50,6 +50,7 @@ from large_model.evidence import FlowProfile
 from large_model.inference import (
     DEFAULT_MAX_NEW_TOKENS,
     ExplainResult,
+    answer_span,
     build_explanation,
     folder_profile,
     generate_fields,
@@ -235,7 +236,7 @@ class OpenAIExplainer:
     ) -> ExplainResult:
         """:meth:`explain` with scores (completions mode), raw text and time."""
         started = time.perf_counter()
-        messages, omitted = self.encoder.messages(log_entries, lang, context, reserve=self.max_new_tokens)
+        messages, omitted = self.encoder.messages(log_entries, lang, context, reserve=answer_span(self.max_new_tokens))
         cats, sevs = self.labels.categories, self.labels.severities
         cat_scores: list[float] = []
         sev_scores: list[float] = []
