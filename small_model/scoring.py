@@ -380,7 +380,8 @@ class MoEBertDetector:
         result: dict[str, np.ndarray] = {"head": head[where], "pooled": pooled[where]}
         if "recon" in components:
             # the worst of its parts; each part also kept (``recon:lines``, ``recon:next``) for reports
-            result["recon"] = np.max(np.stack(list(recon.values())), axis=0)[where]
+            worst = np.max(np.stack(list(recon.values())), axis=0) if recon else np.zeros(n)
+            result["recon"] = worst[where]
             if len(recon) > 1:
                 result.update({f"recon:{name}": values[where] for name, values in recon.items()})
         if "knn" in components and self.bank is not None:

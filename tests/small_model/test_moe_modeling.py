@@ -392,6 +392,7 @@ def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path, maskin
     assert loaded.config.line_vocab == model.config.line_vocab
     raw = loaded.raw_scores(sequences)
     assert raw["recon"].shape == (2,) and (raw["recon"] > 0).all()
+    assert loaded.raw_from_texts([], ["head", "knn", "recon"])["recon"].shape == (0,)  # nothing to score
     if masking.get("next_line"):  # the worst of masked and forward line modeling
         np.testing.assert_array_equal(raw["recon"], np.maximum(raw["recon:lines"], raw["recon:next"]))
 
