@@ -320,12 +320,9 @@ class PrefixScorer:
                 return decoded[:end], True, len(new)
         return str(self.tokenizer.decode(new, skip_special_tokens=True)), False, len(new)
 
-    def _valid_choice(self, logits: torch.Tensor, new: list[int], stops: set[int]) -> int:
-        """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`)."""
-        return self._choose(logits, new, stops)[0]
-
     def _choose(self, logits: torch.Tensor, new: list[int], stops: set[int]) -> tuple[int, str]:
-        """:meth:`_valid_choice` with the decoded string it makes (``new`` plus the token; "" for a stop token).
+        """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`) and
+        the decoded string it makes (``new`` plus the token; "" for a stop token).
 
         Looks at the :data:`VALID_CANDIDATES` most likely tokens in order (almost always the first
         one passes); a stop token is taken as it comes (the string then ends open).

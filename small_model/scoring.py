@@ -499,19 +499,14 @@ class MoEBertDetector:
             # predict by nature. A line outside the vocabulary (other) keeps its raw NLL
             rare = ~seen & (torch.arange(len(counts)) != other)
             pooled = float(counts[rare].sum())
-            fallback_mean, fallback_scale = torch.zeros(()), torch.ones(())
+            baseline, scale = torch.zeros_like(mean), torch.ones_like(std)  # raw NLL
             if pooled >= min_count:
-                fallback_mean = sums[rare].sum() / pooled
-                fallback_scale = (squares[rare].sum() / pooled - fallback_mean**2).clamp_min(0).sqrt() + spread
-                rare_fill = rare
-            else:
-                rare_fill = torch.zeros_like(rare)
-            base_t = torch.where(seen, mean, torch.where(rare_fill, fallback_mean, torch.zeros_like(mean)))
-            scale_t = torch.where(seen, std + spread, torch.where(rare_fill, fallback_scale, torch.ones_like(std)))
-            baseline = [round(float(x), 5) for x in base_t]
-            scale = [round(float(x), 5) for x in scale_t]
-            setattr(self.calibration, f"{kind}_baseline", baseline)
-            setattr(self.calibration, f"{kind}_scale", scale)
+                rare_mean = sums[rare].sum() / pooled
+                baseline[rare] = rare_mean
+                scale[rare] = (squares[rare].sum() / pooled - rare_mean**2).clamp_min(0).sqrt() + spread
+            baseline, scale = torch.where(seen, mean, baseline), torch.where(seen, std + spread, scale)
+            setattr(self.calibration, f"{kind}_baseline", [round(float(x), 5) for x in baseline])
+            setattr(self.calibration, f"{kind}_scale", [round(float(x), 5) for x in scale])
             notes[f"{kind}_baseline_classes"] = int(seen.sum())
             notes[f"{kind}_rare_pooled"] = int(pooled)
         return notes

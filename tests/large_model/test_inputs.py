@@ -286,11 +286,11 @@ def test_generation_never_chooses_an_invalid_escape(tiny_base: Path) -> None:
     underscore, letter_n = (tok(t, add_special_tokens=False)["input_ids"][0] for t in ("_", "n"))
     logits = torch.zeros(len(tok))
     logits[underscore], logits[letter_n] = 5.0, 4.0  # the model prefers "\_": not JSON
-    assert scorer._valid_choice(logits, new, set()) == letter_n
+    assert scorer._choose(logits, new, set())[0] == letter_n
     logits[letter_n] = -1.0
-    choice = scorer._valid_choice(logits, new, set())
+    choice = scorer._choose(logits, new, set())[0]
     assert choice != underscore and prompts.valid_string_prefix(tok.decode([*new, choice]))
-    assert scorer._valid_choice(logits, new, {underscore}) == underscore  # a stop token ends the string
+    assert scorer._choose(logits, new, {underscore})[0] == underscore  # a stop token ends the string
 
 
 def test_generate_fields_retries_an_open_field_once_within_the_budget() -> None:
