@@ -1,21 +1,28 @@
 """Readers and writers for sequence records (JSON, JSONL, CSV) and raw log lines (plain text).
 
 Readers stream where the format allows it (JSONL, CSV, text), validate every record and raise
-:class:`DataError` naming the file and the line. Writers write to a temporary file in the same
-folder and rename it, so a failed write never leaves a half-written or truncated file behind.
+:class:`DataError` naming the file and the line. Every reader opens its file through
+:func:`open_binary` / :func:`open_text`, which decompress gzip (told by its magic bytes, whatever
+the name), so rotated logs (``app.log.1.gz``) and ``x.jsonl.gz`` read like plain files; the record
+format comes from the suffix before ``.gz``. Writers write to a temporary file in the same folder
+and rename it, so a failed write never leaves a half-written or truncated file behind; a name
+ending in ``.gz`` is written gzip-compressed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
+import io
 import json
 import os
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pydantic import ValidationError
 
@@ -25,16 +32,95 @@ from core.schema import SequenceRecord
 RECORD_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 DEFAULT_MAX_LINE_BYTES = 10 * 1024 * 1024
 CSV_LIST_FIELDS = ("log_entries",)
+GZIP_MAGIC = b"\x1f\x8b"
 
 csv.field_size_limit(sys.maxsize)
 
 
+def plain_name(path: str | Path) -> Path:
+    """The path without a trailing ``.gz``: ``app.log.1.gz`` -> ``app.log.1``, ``x.jsonl.gz`` -> ``x.jsonl``."""
+    p = Path(path)
+    return p.with_suffix("") if p.suffix.lower() == ".gz" else p
+
+
+def data_suffix(path: str | Path) -> str:
+    """The lower-case suffix that names the data format, looking past ``.gz`` (``x.jsonl.gz`` -> ``.jsonl``)."""
+    return plain_name(path).suffix.lower()
+
+
 def record_format(path: str | Path) -> str:
-    """The record format of a path by its suffix: json, jsonl or csv."""
-    suffix = Path(path).suffix.lower()
+    """The record format of a path by its suffix (before any ``.gz``): json, jsonl or csv."""
+    suffix = data_suffix(path)
     if suffix not in RECORD_FORMATS:
-        raise DataError(f"unknown record format {suffix!r} (use .json, .jsonl or .csv)", path)
+        raise DataError(f"unknown record format {suffix!r} (use .json, .jsonl or .csv, optionally .gz)", path)
     return RECORD_FORMATS[suffix]
+
+
+class _GzipReader(io.BufferedIOBase):
+    """A gzip stream whose corrupt or truncated data raises :class:`DataError` naming the file and line."""
+
+    def __init__(self, raw: IO[bytes], path: Path) -> None:
+        super().__init__()
+        self._raw = raw
+        self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._path = path
+        self._newlines = 0  # newlines handed out so far: the data breaks on the line after them
+
+    def _read(self, method: str, size: int) -> bytes:
+        try:
+            data: bytes = getattr(self._gz, method)(size)
+        except EOFError:
+            raise DataError("truncated gzip file (the compressed data ends early)", self._path, self._line) from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise DataError(f"corrupt gzip file ({exc})", self._path, self._line) from None
+        except OSError as exc:
+            raise DataError(f"cannot read ({exc.strerror or exc})", self._path, self._line) from None
+        self._newlines += data.count(b"\n")
+        return data
+
+    @property
+    def _line(self) -> int:
+        return self._newlines + 1
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._read("read", -1 if size is None else size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._read("read1", size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._read("readline", -1 if size is None else size)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._gz.close()
+            self._raw.close()
+        super().close()
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file to read its bytes, decompressing gzip (told by the magic bytes 1f 8b, not the name)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("no such file", p)
+    if p.is_dir():
+        raise DataError("is a folder, not a file", p)
+    try:
+        raw = open(p, "rb")  # noqa: SIM115
+        magic = raw.peek(2)[:2]
+    except OSError as exc:
+        raise DataError(f"cannot open ({exc.strerror or exc})", p) from None
+    if magic != GZIP_MAGIC:
+        return raw
+    return cast(IO[bytes], _GzipReader(raw, p))
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a UTF-8 text file (gzip-compressed or not) for reading, newlines untranslated (as csv wants)."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="strict", newline="")
 
 
 @contextlib.contextmanager
@@ -57,6 +143,21 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         raise
 
 
+@contextlib.contextmanager
+def _atomic_text(path: str | Path) -> Iterator[IO[str]]:
+    """:func:`atomic_write` for UTF-8 text; a name ending in ``.gz`` is written gzip-compressed."""
+    if Path(path).suffix.lower() != ".gz":
+        with atomic_write(path) as handle:
+            yield handle
+        return
+    with (
+        atomic_write(path, "wb") as raw,
+        gzip.GzipFile(plain_name(path).name, mode="wb", fileobj=raw, mtime=0) as packed,
+        io.TextIOWrapper(packed, encoding="utf-8", newline="") as handle,
+    ):
+        yield handle
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -74,34 +175,16 @@ def _validate(obj: Any, path: str | Path, line: int | None) -> SequenceRecord:
         raise DataError(f"invalid record ({field}: {first['msg']})", path, line) from None
 
 
-def _open_text(path: str | Path) -> IO[str]:
-    p = Path(path)
-    if not p.exists():
-        raise DataError("no such file", p)
-    if p.is_dir():
-        raise DataError("is a folder, not a file", p)
-    try:
-        return open(p, encoding="utf-8", errors="strict", newline="")
-    except OSError as exc:
-        raise DataError(f"cannot open ({exc.strerror})", p) from None
-
-
 def iter_text_lines(
     path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, keep_empty: bool = False
 ) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` from a UTF-8 text file, streaming, without the newline.
+    """Yield ``(line_number, line)`` from a UTF-8 text file (gzip or not), streaming, without the newline.
 
-    Raises :class:`DataError` on invalid UTF-8 or on a line longer than ``max_line_bytes``.
+    Raises :class:`DataError` on invalid UTF-8, on a line longer than ``max_line_bytes`` or on a
+    corrupt or truncated gzip file.
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError("no such file", p)
-    if p.is_dir():
-        raise DataError("is a folder, not a file", p)
-    try:
-        handle = open(p, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise DataError(f"cannot open ({exc.strerror})", p) from None
+    handle = open_binary(p)
     with handle:
         number = 0
         while True:
@@ -137,15 +220,15 @@ def _iter_jsonl(path: str | Path, max_line_bytes: int) -> Iterator[SequenceRecor
 
 def _iter_json(path: str | Path) -> Iterator[SequenceRecord]:
     p = Path(path)
-    if not p.exists():
-        raise DataError("no such file", p)
+    with open_binary(p) as handle:
+        try:
+            content = handle.read()
+        except OSError as exc:
+            raise DataError(f"cannot read ({exc.strerror})", p) from None
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError("invalid UTF-8", p, line) from None
-    except OSError as exc:
-        raise DataError(f"cannot read ({exc.strerror})", p) from None
+        raise DataError("invalid UTF-8", p, content[: exc.start].count(b"\n") + 1) from None
     if not text.strip():
         raise DataError("file is empty", p)
     try:
@@ -166,7 +249,7 @@ def _iter_json(path: str | Path) -> Iterator[SequenceRecord]:
 
 
 def _iter_csv(path: str | Path) -> Iterator[SequenceRecord]:
-    handle = _open_text(path)
+    handle = open_text(path)
     with handle:
         try:
             reader = csv.DictReader(handle)
@@ -226,7 +309,7 @@ def write_records(path: str | Path, records: Iterable[SequenceRecord | dict[str,
     """Write records atomically in the format given by the suffix; returns how many were written."""
     fmt = record_format(path)
     count = 0
-    with atomic_write(path) as handle:
+    with _atomic_text(path) as handle:
         if fmt == "jsonl":
             for record in records:
                 handle.write(json.dumps(_as_dict(record), ensure_ascii=False) + "\n")
@@ -255,7 +338,7 @@ def write_records(path: str | Path, records: Iterable[SequenceRecord | dict[str,
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write any JSON-ready object atomically (reports, metrics)."""
-    with atomic_write(path) as handle:
+    with _atomic_text(path) as handle:
         json.dump(obj, handle, ensure_ascii=False, indent=2)
         handle.write("\n")
 
@@ -263,7 +346,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write dict rows as JSON lines atomically; returns the count."""
     count = 0
-    with atomic_write(path) as handle:
+    with _atomic_text(path) as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1

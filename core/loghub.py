@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import DataError
-from core.io import iter_text_lines
+from core.io import iter_text_lines, open_text
 from core.schema import SequenceRecord
 from core.windowing import fixed_windows, session_windows, sliding_windows
 
@@ -100,15 +100,20 @@ def iter_loghub(path: str | Path, system: str | None = None, strict: bool = Fals
 
 
 def iter_structured(path: str | Path) -> Iterator[dict[str, str]]:
-    """Rows of a loghub ``*_structured.csv`` (LineId, ..., Content, EventId, EventTemplate)."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError("no such file", p)
-    with open(p, encoding="utf-8", newline="") as handle:
+    """Rows of a loghub ``*_structured.csv`` (LineId, ..., Content, EventId, EventTemplate), gzip or not."""
+    return _iter_csv_rows(path, {"Content"}, "not a loghub structured CSV (no Content column)")
+
+
+def _iter_csv_rows(path: str | Path, required: set[str], wrong_header: str) -> Iterator[dict[str, str]]:
+    """The rows of a CSV file with the ``required`` columns; bad UTF-8 names the line it was met on."""
+    with open_text(path) as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames or "Content" not in reader.fieldnames:
-            raise DataError("not a loghub structured CSV (no Content column)", p, 1)
-        yield from reader
+        try:
+            if not reader.fieldnames or not required <= set(reader.fieldnames):
+                raise DataError(wrong_header, path, 1)
+            yield from reader
+        except UnicodeDecodeError as exc:
+            raise DataError(f"invalid UTF-8 ({exc.reason})", path, reader.line_num + 1) from None
 
 
 def hdfs_sessions(path: str | Path, labels: dict[str, int] | None = None) -> list[SequenceRecord]:
@@ -129,9 +134,9 @@ def hdfs_sessions(path: str | Path, labels: dict[str, int] | None = None) -> lis
 
 
 def read_hdfs_labels(path: str | Path) -> dict[str, int]:
-    """loghub's ``anomaly_label.csv`` (BlockId, Label=Normal|Anomaly) as ``{block: 0|1}``."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        return {row["BlockId"]: int(row["Label"] == "Anomaly") for row in csv.DictReader(handle)}
+    """loghub's ``anomaly_label.csv`` (BlockId, Label=Normal|Anomaly) as ``{block: 0|1}``, gzip or not."""
+    rows = _iter_csv_rows(path, {"BlockId", "Label"}, "not a loghub label CSV (no BlockId and Label columns)")
+    return {row["BlockId"]: int(row["Label"] == "Anomaly") for row in rows}
 
 
 def labelled_windows(

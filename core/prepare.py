@@ -1,4 +1,7 @@
-"""Turn raw logs (plain text, JSON lines of events, loghub files) into sequence records."""
+"""Turn raw logs (plain text, JSON lines of events, loghub files) into sequence records.
+
+Every input may be gzip-compressed (``app.log.1.gz``); its kind is told by the suffix before ``.gz``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import DataError
-from core.io import RECORD_FORMATS, iter_records, iter_text_lines
+from core.io import RECORD_FORMATS, data_suffix, iter_records, iter_text_lines, plain_name
 from core.loghub import LOG_FORMATS, hdfs_sessions, iter_loghub, labelled_windows
 from core.schema import SequenceRecord
 from core.windowing import WindowType, make_windows
@@ -37,7 +40,7 @@ def iter_raw_lines(path: str | Path, input_format: str = "auto", field: str | No
     """Lines of a raw log: ``text``, ``events`` (JSONL objects) or a loghub system name."""
     fmt = input_format
     if fmt == "auto":
-        fmt = "events" if Path(path).suffix.lower() in (".jsonl", ".ndjson") else "text"
+        fmt = "events" if data_suffix(path) in (".jsonl", ".ndjson") else "text"
     if fmt == "text":
         return iter_text_lines_only(path)
     if fmt == "events":
@@ -54,7 +57,7 @@ def iter_text_lines_only(path: str | Path) -> Iterator[str]:
 
 def is_record_file(path: str | Path) -> bool:
     """Whether a file holds sequence records (JSON/CSV, or JSONL whose first object has log_entries)."""
-    suffix = Path(path).suffix.lower()
+    suffix = data_suffix(path)
     if suffix not in RECORD_FORMATS:
         return False
     if suffix in (".json", ".csv"):
@@ -90,7 +93,7 @@ def records_from_file(
     if input_format in LOG_FORMATS and LOG_FORMATS[input_format].startswith("<Label>") and window_type != "session":
         yield from labelled_windows(path, size, step if window_type == "sliding" else None, input_format)
         return
-    stem = Path(path).stem
+    stem = plain_name(path).stem
     for window in make_windows(iter_raw_lines(path, input_format, field), window_type, size, step, key):
         yield SequenceRecord(
             sequence_id=f"{stem}-{window.id}", label=None, log_entries=window.lines, line_numbers=window.line_numbers
