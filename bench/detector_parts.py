@@ -1,5 +1,5 @@
 """What each part of a detector's score catches: ROC-AUC of every raw component and reconstruction part
-(``recon:lines`` masked line modeling, ``recon:next`` forward line modeling), and the share of each
+(``recon:lines`` masked line modeling, ``recon:next`` forward line modeling, the end included), and the share of each
 anomaly type above the part's 97th percentile of normal scores (a 3% false-positive rate).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/detector_parts.py runs/detector-eval3/moe-supervised/model \\
@@ -11,7 +11,6 @@ Figures only, no assertions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.io import read_records
 from small_model.scoring import MoEBertDetector
 
 TYPES = ("missing_step", "out_of_order", "retry_storm", "latency_spike")
@@ -31,10 +31,10 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=Path("data/splits/test.json"), help="labeled sequence records")
     p.add_argument("--fpr", type=float, default=0.03, help="false-positive rate of each part's threshold")
     args = p.parse_args()
-    records = json.loads(args.data.read_text(encoding="utf-8"))
+    records = [r.model_dump() for r in read_records(args.data)]
     detector = MoEBertDetector.from_pretrained(args.model)
-    raw = detector.raw_from_texts(detector.texts([r["log_entries"] for r in records]), ["head", "knn", "recon"])
-    y = np.array([int(r["label"]) for r in records])
+    raw = detector.raw_from_lines(detector.normalize([r["log_entries"] for r in records]), ["head", "knn", "recon"])
+    y = np.array([int(r["label"] or 0) for r in records])
     types = np.array([r.get("anomaly_type") or "normal" for r in records])
     keyword = sorted({t for t in types[y == 1] if t not in TYPES})
     print(f"{args.model} on {args.data} ({len(y)} sequences, {int(y.sum())} anomalous); flagged at {args.fpr:.0%} FPR")

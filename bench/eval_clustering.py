@@ -61,10 +61,8 @@ MOE_CANDIDATES = ("artifacts/detector-unsup", "artifacts/detector", "artifacts/c
 DEEPLOG_CANDIDATES = ("artifacts/deeplog", "artifacts/detector-deeplog", "artifacts/clustering/deeplog-hard")
 MOE_SMALL: dict[str, Any] = {
     "encoder": "mini-scratch",
-    "mlm_max_sequences": 1500,
     "epochs": 0.5,
     "mlm_epochs": 1.0,
-    "max_length": 192,
 }
 
 

@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from small_model.config import TRAIN_OPTIONS
+
 MODELS = ("moe-bert", "deeplog")
-# MoE-BERT options the CLI exposes (TrainArgs fields); DeepLog takes its own below
-MOE_OPTIONS = ("encoder", "epochs", "mlm_epochs", "mlm_max_sequences", "batch_size", "lr", "head_lr", "max_length",
-               "num_encoder_layers", "freeze_layers", "pooling", "top_p", "num_experts", "contamination", "knn_k",
-               "bank_size", "mlm_line_probability", "recon_masking", "next_line", "head_freeze_layers", "seed",
-               "threads")  # fmt: skip
 DEEPLOG_OPTIONS = {"window": int, "top_g": int, "hidden_size": int, "embedding_dim": int}
 
 
@@ -44,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         from small_model.moe_train import TrainArgs, train_detector
 
-        options = {k: getattr(args, k) for k in MOE_OPTIONS if getattr(args, k, None) is not None}
+        options = {k: getattr(args, k) for k in (*TRAIN_OPTIONS, "epochs") if getattr(args, k, None) is not None}
         train_args = TrainArgs(train_file=Path(args.train), val_file=Path(args.val) if args.val else None,
                                test_file=Path(args.test) if args.test else None,
                                output_dir=Path(args.out or "artifacts/detector"), unsupervised=args.unsupervised,
@@ -109,33 +106,14 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--unsupervised", action="store_true", help="label-free: ignore labels, train on normal sequences")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument(
-        "--epochs", type=float, help="training epochs (MoE-BERT: the head phase; default 1 supervised, 0.3 label-free)"
+        "--epochs", type=float, help="training epochs (MoE-BERT: the head phase; default 1 supervised, 0.5 label-free)"
     )
-    t.add_argument("--seed", type=int)
-    t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     moe = t.add_argument_group("MoE-BERT options (defaults from small_model.moe_train.TrainArgs)")
-    moe.add_argument("--encoder", help="bundled (all-MiniLM-L6-v2), mini-scratch, or a folder / hub id")
-    moe.add_argument("--mlm-epochs", type=float)
-    moe.add_argument("--mlm-max-sequences", type=int)
-    moe.add_argument("--batch-size", type=int)
-    moe.add_argument("--lr", type=float)
-    moe.add_argument("--head-lr", type=float)
-    moe.add_argument("--max-length", type=int)
-    moe.add_argument("--num-encoder-layers", type=int)
-    moe.add_argument("--freeze-layers", type=int)
-    moe.add_argument("--pooling", choices=["cls", "attention"])
-    moe.add_argument("--top-p", type=float)
-    moe.add_argument("--num-experts", type=int)
-    moe.add_argument("--contamination", type=float, help="label-free threshold quantile when no labels exist")
-    moe.add_argument("--knn-k", type=int)
-    moe.add_argument("--bank-size", type=int)
-    moe.add_argument("--mlm-line-probability", type=float, help="masked line modeling: share of lines masked whole")
-    moe.add_argument("--recon-masking", choices=["lines", "tokens"], help="what one reconstruction pass masks")
-    moe.add_argument(
-        "--no-next-line", dest="next_line", action="store_false", default=None,
-        help="no forward line modeling (each line's next line predicted from the lines before it)",
-    )  # fmt: skip
-    moe.add_argument("--head-freeze-layers", type=int, help="lowest layers frozen while the head trains")
+    for name, (kind, text) in TRAIN_OPTIONS.items():
+        if name in DEEPLOG_OPTIONS:
+            continue
+        group = t if name in ("seed", "threads") else moe
+        group.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     dl = t.add_argument_group("DeepLog options")
     for name, kind in DEEPLOG_OPTIONS.items():
         dl.add_argument("--" + name.replace("_", "-"), type=kind)

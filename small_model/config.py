@@ -44,21 +44,33 @@ def resolve_encoder(name: str) -> str:
 
 @dataclass
 class DetectorConfig:
-    """Everything that shapes the MoE-BERT detector; JSON (de)serialisable."""
+    """Everything that shapes the MoE-BERT detector; JSON (de)serialisable.
 
-    # encoder: "bundled" (all-MiniLM-L6-v2), "mini-scratch" (a BERT-mini config from scratch,
-    # tokenizer of the bundled model) or any local folder / hub id of a BERT-like encoder
+    The model is hierarchical: a BERT line encoder turns each distinct normalized log line into one
+    vector (cached: real logs repeat the same few lines thousands of times), and a transformer with a
+    mixture-of-experts layer runs over the line vectors, so a session of 300 lines is 300 positions.
+    """
+
+    # line encoder: "bundled" (all-MiniLM-L6-v2), "mini-scratch" (a BERT-mini config from scratch,
+    # tokenizer of the bundled model) or any local folder / hub id of a BERT-like encoder. It is frozen:
+    # its mean-pooled output is the line's sentence embedding, computed once per distinct line
     encoder: str = BUNDLED_ENCODER
     num_encoder_layers: int | None = None  # keep only the first N layers of a pretrained encoder
-    freeze_layers: int = 0  # freeze the embeddings and the lowest N encoder layers
     scratch_layers: int = 4
     scratch_hidden: int = 256
     scratch_heads: int = 4
     scratch_intermediate: int = 1024
     add_placeholder_tokens: bool = True
-    max_length: int = 384
+    max_line_tokens: int = 128  # a line's vector reads its first N tokens; its class is its whole text
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CPUs with AMX/AVX512-BF16
-    # mixture of experts
+    # the sequence model over line vectors
+    seq_layers: int = 2
+    seq_hidden: int = 256
+    seq_heads: int = 4
+    seq_intermediate: int = 512
+    seq_dropout: float = 0.1
+    max_lines: int = 512  # positions of one window; longer sequences are scored in overlapping windows
+    # mixture of experts over the line states
     num_experts: int = 4
     top_p: float = 0.8
     expert_hidden: int = 512
@@ -66,31 +78,20 @@ class DetectorConfig:
     lb_coef: float = 0.01
     moe_dropout: float = 0.1
     # heads
-    pooling: Literal["cls", "attention", "max"] = "attention"
+    pooling: Literal["attention", "mean", "max"] = "attention"
     head_hidden: int = 64
     head_dropout: float = 0.1
-    mlm_probability: float = 0.3  # more masked tokens per step: faster masked modeling on a small budget
-    mlm_line_probability: float = 0.0  # masked line modeling: each line also masked whole with this probability
-    # masked line modeling predicts the masked line's class in this vocabulary of normalized lines
-    # (the most frequent lines of training; others share one "other" class). None: no line head
+    # masked line modeling: each line masked with this probability, its class named by the line head
+    mask_probability: float = 0.3
+    class_dropout: float = 0.1  # training inputs shown as "other" (text vector only): unseen lines stay readable
+    # the classes of the line heads: the normalized training lines (others share one "other" class)
     line_vocab: list[str] | None = None
-    # forward line modeling (with a line vocabulary): half the rows of a masked-modeling batch are read
-    # with block-causal attention and each line's state names the next line (or the end), as DeepLog
-    # does with template ids; the reconstruction score then also counts a line the flow's past did not
-    # lead to (a step out of order or skipped)
-    next_line: bool = False
-    mlm_vocab: list[int] | None = None  # decoder classes: token ids seen in training (None: full vocab)
     # label-free scoring
     knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
-    recon_passes: int = 4  # deterministic masking: token (or line) i is masked in pass i % recon_passes
-    # what one reconstruction pass masks and scores: tokens (their NLL) or whole lines (the NLL of the
-    # line's class under the line head: a line never seen, or out of place, scores high)
-    recon_masking: Literal["tokens", "lines"] = "tokens"
-    sep_token_id: int | None = None  # the line separator's id (set when the model is built)
-    line_separator: str = " [SEP] "
+    recon_passes: int = 4  # masked line scoring: line i is masked in pass i % recon_passes
     # filled in when the model is built / saved
     encoder_config: dict[str, Any] | None = None
-    vocab_size: int | None = None
+    line_dim: int | None = None
     version: str = ""
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,20 +101,29 @@ class DetectorConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
-        if self.pooling not in ("cls", "attention", "max"):
-            raise ValueError(f"pooling must be 'cls', 'attention' or 'max', got {self.pooling!r}")
+        if self.pooling not in ("attention", "mean", "max"):
+            raise ValueError(f"pooling must be 'attention', 'mean' or 'max', got {self.pooling!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.dense_weights not in ("uniform", "router"):
             raise ValueError(f"dense_weights must be 'uniform' or 'router', got {self.dense_weights!r}")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if not 0.0 <= self.mlm_line_probability < 1.0:
-            raise ValueError(f"mlm_line_probability must be in [0, 1), got {self.mlm_line_probability}")
-        if self.recon_masking not in ("tokens", "lines"):
-            raise ValueError(f"recon_masking must be 'tokens' or 'lines', got {self.recon_masking!r}")
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        if not 0.0 < self.mask_probability < 1.0:
+            raise ValueError(f"mask_probability must be in (0, 1), got {self.mask_probability}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.max_line_tokens < 4:
+            raise ValueError(f"max_line_tokens must be >= 4, got {self.max_line_tokens}")
+        if self.max_lines < 4 or self.max_lines % 2:
+            raise ValueError(f"max_lines must be an even number >= 4, got {self.max_lines}")
+        if self.seq_hidden % self.seq_heads:
+            raise ValueError(f"seq_hidden ({self.seq_hidden}) must be a multiple of seq_heads ({self.seq_heads})")
+        if self.recon_passes < 1:
+            raise ValueError(f"recon_passes must be >= 1, got {self.recon_passes}")
+
+    @property
+    def num_classes(self) -> int:
+        """Line classes: the vocabulary and ``other``."""
+        return len(self.line_vocab or []) + 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -140,3 +150,35 @@ class DetectorConfig:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: not a detector config ({exc})") from None
+
+
+# The trainer's options shared by both front doors (``python -m small_model.moe_train`` and
+# ``logtriage train-small``): name -> (type, help). Defaults live in ``moe_train.TrainArgs``.
+TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
+    "encoder": (str, "line encoder: bundled (all-MiniLM-L6-v2), mini-scratch, or a folder / hub id"),
+    "num_encoder_layers": (int, "keep the first N layers of the line encoder (default: all)"),
+    "max_line_tokens": (int, "tokens of a line its vector reads (its class is its whole text)"),
+    "max_lines": (int, "positions of the sequence model; longer sequences are read in overlapping windows"),
+    "seq_layers": (int, "transformer layers over the line vectors"),
+    "seq_hidden": (int, "width of the sequence model"),
+    "num_experts": (int, "experts of the MoE layer"),
+    "top_p": (float, "Top-P routing: experts kept until their probability mass reaches p"),
+    "pooling": (str, "attention, mean or max pooling of the line states"),
+    "mask_probability": (float, "masked line modeling: share of lines masked"),
+    "line_vocab_max": (int, "line classes: the most frequent normalized training lines"),
+    "mlm_epochs": (float, "line modeling epochs (masked and forward, both stages)"),
+    "min_steps": (int, "at least this many steps per phase"),
+    "max_steps": (int, "at most this many steps per phase"),
+    "dense_fraction": (float, "share of line modeling steps with dense experts (stage 1)"),
+    "batch_size": (int, "sequences per step"),
+    "lr": (float, "learning rate"),
+    "contamination": (float, "label-free threshold quantile when no labels exist"),
+    "knn_k": (int, "neighbours of the kNN score"),
+    "bank_size": (int, "normal training embeddings kept for the kNN score"),
+    "mlm_weight": (float, "weight of the line modeling loss while the head trains"),
+    "mlm_rows": (int, "normal rows of a head batch that carry the line modeling loss"),
+    "augment": (float, "supervised: perturbed normal copies added as anomalies, per batch row"),
+    "seed": (int, "random seed"),
+    "threads": (int, "torch threads (default: all cores)"),
+    "device": (str, "cpu or cuda"),
+}

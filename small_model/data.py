@@ -1,41 +1,72 @@
-"""Text and tensors for the detector: joined sequences, length-bucketed batches, masking, perturbations."""
+"""Data for the detector: normalized lines, the line-vector cache, windows, length-bucketed batches, perturbations."""
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from core.normalize import Normalizer
 
 
-def sequence_text(lines: Sequence[str], normalizer: Normalizer | None, separator: str = " [SEP] ") -> str:
-    """The model input for one sequence: its normalized lines joined with ``[SEP]``."""
-    if normalizer is not None:
-        lines = [normalizer.normalize(line) for line in lines]
-    return separator.join(line.strip() for line in lines)
+def normalize_lines(lines: Sequence[str], normalizer: Normalizer) -> list[str]:
+    """The normalized, stripped lines of one sequence; empty lines dropped (an empty sequence keeps one ``""``)."""
+    out = [t for t in (normalizer.normalize(line).strip() for line in lines) if t]
+    return out or [""]
 
 
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids (with [CLS] ... [SEP]) of each text, truncated to ``max_length``, unpadded."""
-    if not texts:
-        return []
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
-    return [list(ids) for ids in enc["input_ids"]]
+class LineVectors:
+    """The vector of each distinct normalized line, computed once (real logs repeat a few dozen lines).
+
+    ``ids(lines)`` gives each line's row in ``table`` (N, D), encoding the lines not seen before in
+    batches. At most ``max_lines`` rows are kept: a call that would overflow starts a fresh table.
+    """
+
+    def __init__(
+        self, encode: Callable[[list[str]], torch.Tensor], dim: int, max_lines: int = 200_000, batch_size: int = 256
+    ) -> None:
+        self.encode, self.dim, self.max_lines, self.batch_size = encode, dim, max_lines, batch_size
+        self.rows: dict[str, int] = {}
+        self.table = torch.zeros(0, dim)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def ids(self, lines: Sequence[str]) -> list[int]:
+        """The table row of each line (new lines encoded and added)."""
+        new = list(dict.fromkeys(line for line in lines if line not in self.rows))
+        if new and len(self.rows) + len(new) > self.max_lines:
+            self.rows, self.table = {}, torch.zeros(0, self.dim)
+            new = list(dict.fromkeys(lines))
+        if new:
+            order = sorted(new, key=len)  # similar lengths together: less padding
+            parts = [self.encode(order[i : i + self.batch_size]) for i in range(0, len(order), self.batch_size)]
+            self.table = torch.cat([self.table, *[p.float().cpu() for p in parts]])
+            start = len(self.rows)
+            self.rows.update({line: start + i for i, line in enumerate(order)})
+        return [self.rows[line] for line in lines]
 
 
-def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest member: ``(input_ids, attention_mask)``, both (B, T)."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
-    return input_ids, attention_mask
+def window_starts(length: int, size: int) -> list[int]:
+    """The starts of overlapping windows of ``size`` lines (stride ``size // 2``) that cover ``length`` lines."""
+    if length <= size:
+        return [0]
+    stride = size // 2
+    return [*range(0, length - size, stride), length - size]
+
+
+def window_owner(length: int, starts: Sequence[int], size: int) -> list[int]:
+    """For each line, the window that scores it: the last one that shows it with at least ``size // 2`` lines
+    before it (the first window for the first lines), so every line is scored once, with context."""
+    stride = size // 2
+    out, w = [], 0
+    for i in range(length):
+        while w + 1 < len(starts) and starts[w + 1] <= max(0, i - stride):
+            w += 1
+        out.append(w)
+    return out
 
 
 def length_batches(
@@ -93,85 +124,6 @@ def stratified_length_batches(
     return batches
 
 
-def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ids never masked: [CLS], [SEP], [PAD] and the like."""
-    return sorted({int(i) for i in tokenizer.all_special_ids if i is not None and i != tokenizer.mask_token_id})
-
-
-def maskable(input_ids: torch.Tensor, attention_mask: torch.Tensor, never: Sequence[int]) -> torch.Tensor:
-    """(B, T) bool: real tokens that may be masked."""
-    ok = attention_mask.bool().clone()
-    for token_id in never:
-        ok &= input_ids != token_id
-    return ok
-
-
-def random_mlm_mask(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    never: Sequence[int],
-    mask_id: int,
-    vocab_size: int,
-    probability: float,
-    generator: torch.Generator,
-    whole_lines: torch.Tensor | None = None,
-    sep_id: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking (80% [MASK], 10% random, 10% kept) of ``probability`` of the maskable tokens.
-
-    ``whole_lines`` (B, L) bool with ``sep_id``: those log lines are masked whole besides (masked
-    line modeling, see :func:`draw_lines`). Returns ``(masked_ids, mlm_labels)``; every sequence
-    gets at least one masked token.
-    """
-    can = maskable(input_ids, attention_mask, never)  # (B, T)
-    draw = torch.rand(input_ids.shape, generator=generator)
-    chosen = (draw < probability) & can
-    if whole_lines is not None and sep_id is not None:
-        chosen |= whole_lines.gather(1, line_index(input_ids, sep_id)) & can  # (B, T) every token of those lines
-    # at least one masked token per sequence: the maskable token with the lowest draw
-    lowest = draw.masked_fill(~can, 2.0).argmin(dim=1)  # (B,)
-    rows = can.any(dim=1)
-    chosen[rows.nonzero(as_tuple=True)[0], lowest[rows]] = True
-    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
-    kind = torch.rand(input_ids.shape, generator=generator)
-    masked = input_ids.clone()
-    masked[chosen & (kind < 0.8)] = mask_id
-    swap = chosen & (kind >= 0.8) & (kind < 0.9)
-    masked[swap] = torch.randint(vocab_size, input_ids.shape, generator=generator)[swap]
-    return masked, labels
-
-
-def strided_masks(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    never: Sequence[int],
-    mask_id: int,
-    passes: int,
-    sep_id: int | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Deterministic masking for reconstruction scores: in pass j the k-th maskable token with k % passes == j.
-
-    With ``sep_id`` whole lines instead: in pass j every token of the lines k with k % passes == j,
-    so each line is predicted from the others (a line out of place reconstructs badly).
-    Over all passes each maskable token is masked exactly once, so summed NLLs are reproducible.
-    """
-    can = maskable(input_ids, attention_mask, never)  # (B, T)
-    # (B, T) the line of each token, or the index of each maskable token within its row
-    rank = line_index(input_ids, sep_id) if sep_id is not None else can.long().cumsum(dim=1) - 1
-    out = []
-    for j in range(passes):
-        chosen = can & (rank % passes == j)
-        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
-        out.append((input_ids.masked_fill(chosen, mask_id), labels))
-    return out
-
-
-def line_index(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
-    """(B, T) the index of the log line each token belongs to (the [SEP] ending a line counts with it)."""
-    is_sep = (input_ids == sep_id).long()
-    return is_sep.cumsum(dim=1) - is_sep
-
-
 # ----------------------------------------------------------------------------- perturbed negatives
 
 PERTURBATIONS = ("drop", "duplicate", "swap", "foreign_line", "foreign_token", "shuffle", "slow")
@@ -225,48 +177,4 @@ def perturb_lines(lines: Sequence[str], rng: random.Random, line_pool: Sequence[
             out.insert(rng.randrange(n + 1), rng.choice(line_pool) if line_pool else out[0])
     if out == list(lines):  # the operations can cancel out; insert a foreign line then
         out.insert(rng.randrange(len(out) + 1), rng.choice(line_pool) if line_pool else "unexpected event")
-    return out
-
-
-def draw_lines(input_ids: torch.Tensor, sep_id: int, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """(B, L) bool: each log line drawn with ``probability`` to be masked whole (L = most lines in a row)."""
-    num_lines = int(line_index(input_ids, sep_id).max()) + 1
-    return torch.rand((input_ids.shape[0], num_lines), generator=generator) < probability
-
-
-def line_keys(text: str, separator: str, vocab: dict[str, int], other: int) -> list[int]:
-    """The line-vocabulary class of each line of a joined text (``other`` for lines not in ``vocab``)."""
-    return [vocab.get(line.strip(), other) for line in text.split(separator.strip())]
-
-
-def line_targets(
-    input_ids: torch.Tensor, keys: Sequence[Sequence[int]], sep_id: int, chosen: torch.Tensor
-) -> torch.Tensor:
-    """(B, L) line classes where ``chosen`` (B, L) and the line is in the ids, -100 elsewhere.
-
-    When truncation cut the text (the ids hold fewer [SEP] than the text has lines), the lines
-    past the cut and the line it cut have no target. A cut inside the last line leaves the [SEP]
-    count whole: that line keeps its class (predicted from context, it is the same line).
-    """
-    out = torch.full(chosen.shape, -100, dtype=torch.long)
-    seps = (input_ids == sep_id).sum(dim=1)  # (B,) lines present, the last one possibly cut
-    for b, row in enumerate(keys):
-        whole = len(row) if int(seps[b]) >= len(row) else max(0, int(seps[b]) - 1)
-        n = min(whole, chosen.shape[1])
-        if n:
-            out[b, :n] = torch.tensor(row[:n], dtype=torch.long)
-    return out.masked_fill(~chosen, -100)
-
-
-def next_targets(input_ids: torch.Tensor, keys: Sequence[Sequence[int]], sep_id: int, end: int) -> torch.Tensor:
-    """(B, L) forward line modeling targets: at line i, the class of line i + 1 (``end`` after the last
-    line); -100 where line i is not whole in the ids (truncation cut it, as :func:`line_targets` says,
-    or it is padding)."""
-    seps = (input_ids == sep_id).sum(dim=1)  # (B,) lines present, the last one possibly cut
-    out = torch.full((input_ids.shape[0], max(1, int(seps.max()) if len(seps) else 1)), -100, dtype=torch.long)
-    for b, row in enumerate(keys):
-        n = len(row) if int(seps[b]) >= len(row) else max(0, int(seps[b]) - 1)
-        n = min(n, out.shape[1])
-        if n:
-            out[b, :n] = torch.tensor([*row[1 : n + 1], *([end] if n == len(row) else [])][:n], dtype=torch.long)
     return out

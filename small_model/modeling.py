@@ -1,13 +1,19 @@
-"""MoE-BERT: a BERT encoder, a mixture-of-experts layer over its token outputs, and three heads.
+"""MoE-BERT over log lines: a BERT line encoder, a transformer with a mixture-of-experts layer over the
+line vectors, and three heads.
 
-    input_ids (B, T) -> encoder (BERT) -> (B, T, H)
-                     -> MoE layer: x + sum_e w_e * expert_e(x), LayerNorm   (Top-P or dense routing)
-                     -> MLM head (masked log modeling, decoder tied to the word embeddings)
-                     -> pooling ([CLS] or attention) -> (B, H) -> anomaly head (H -> 64 -> 1) -> sigmoid
+    lines -> BERT line encoder (frozen, mean pooled; once per distinct line)  -> (N, D) line vectors
+    (B, L) lines of a sequence -> proj(vector) + class embedding + position     -> (B, L, H)
+          -> transformer blocks (bidirectional, or causal for forward line modeling)
+          -> MoE layer: x + sum_e w_e * expert_e(x), LayerNorm   (Top-P or dense routing)  -> (B, L, H)
+          -> line head: the class of a masked line (masked line modeling)
+          -> next head: the class of the next line, or the end (forward line modeling)
+          -> pooling (attention) -> (B, H) -> anomaly head (H -> 64 -> 1) -> sigmoid
 
-Routing is per token. In ``top_p`` mode each token keeps the smallest set of experts whose sorted
-router probabilities reach ``top_p``, renormalised; in ``dense`` mode (training stage 1) every
-expert runs on every token with uniform (or router) weights and nothing is gated.
+A line's class is its normalized text in the vocabulary of the training lines (``other`` for the rest);
+its vector carries what the text says, so a line never seen in training still has a meaning. Routing
+is per line. In ``top_p`` mode each line keeps the smallest set of experts whose sorted router
+probabilities reach ``top_p``, renormalised; in ``dense`` mode (training stage 1) every expert runs on
+every line with uniform (or router) weights and nothing is gated.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from transformers import CONFIG_MAPPING, AutoModel, BertConfig, PreTrainedModel,
 
 from core.errors import ModelError
 from small_model.config import PLACEHOLDER_TOKENS, SCRATCH_ENCODER, DetectorConfig, resolve_encoder
-from small_model.data import line_index
 
 logger = logging.getLogger(__name__)
 
@@ -147,45 +152,6 @@ class MoELayer(nn.Module):
         return MoEOutput(full.reshape(B, T, H), router_probs, mask, aux)
 
 
-class MLMHead(nn.Module):
-    """Transform then decode with the (tied) word embedding matrix.
-
-    With ``vocab_ids`` (the token ids seen in training) the decoder covers only those rows plus one
-    learned ``other`` row: much cheaper than the full vocabulary, and a token never seen in training
-    maps to ``other``, which training never targets, so it reconstructs badly (a useful anomaly cue).
-    """
-
-    vocab_ids: torch.Tensor
-    token_map: torch.Tensor
-
-    def __init__(self, hidden: int, vocab_size: int, vocab_ids: list[int] | None = None) -> None:
-        super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
-        self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.restricted = vocab_ids is not None
-        if vocab_ids is not None:
-            ids = torch.tensor(sorted(set(vocab_ids)), dtype=torch.long)
-            token_map = torch.full((vocab_size,), len(ids), dtype=torch.long)  # unseen ids -> other
-            token_map[ids] = torch.arange(len(ids))
-            self.register_buffer("vocab_ids", ids, persistent=False)  # (K,)
-            self.register_buffer("token_map", token_map, persistent=False)  # (V,) full id -> class
-            self.other = nn.Parameter(torch.zeros(hidden))
-            self.bias = nn.Parameter(torch.zeros(len(ids) + 1))
-        else:
-            self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        h = self.norm(F.gelu(self.dense(x)))  # (M, H)
-        if self.restricted:
-            rows = torch.cat([word_embeddings[self.vocab_ids], self.other[None]])  # (K+1, H)
-            return F.linear(h, rows, self.bias)  # (M, K+1)
-        return F.linear(h, word_embeddings, self.bias)  # (M, V)
-
-    def targets(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """The decoder classes of token ids (identity for the full vocabulary)."""
-        return self.token_map[token_ids] if self.restricted else token_ids
-
-
 class LineHead(nn.Module):
     """Masked line modeling: the class of a masked log line (a line vocabulary + ``other``) from the
     mean of its token states, so the model learns which step comes where in a flow."""
@@ -200,23 +166,54 @@ class LineHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(x))))  # (M, C)
 
 
-def block_causal_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, sep_id: int) -> torch.Tensor:
-    """(B, T, T) the attention of forward line modeling: a token sees the tokens of its own line and of
-    the lines before it, never a later line (so a line's state tells what the flow has done so far)."""
-    lines = line_index(input_ids, sep_id)  # (B, T)
-    return ((lines[:, None, :] <= lines[:, :, None]) & attention_mask.bool()[:, None, :]).long()
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over line positions (``mask`` (B, 1, L, L): True where a line may look)."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, H = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, L, d) each
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, L, d)
+        return self.out(y.transpose(1, 2).reshape(B, L, H))  # (B, L, H)
 
 
-def line_states(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, lines: torch.Tensor, num_lines: int
-) -> torch.Tensor:
-    """(B, L, H) the mean token state of each line; ``lines`` (B, T) is the line index of each token."""
-    B, T, H = hidden.shape
-    weight = attention_mask.to(hidden.dtype)  # (B, T)
-    flat = (lines + torch.arange(B, device=lines.device)[:, None] * num_lines).reshape(-1)  # (B*T,)
-    sums = hidden.new_zeros(B * num_lines, H).index_add(0, flat, (hidden * weight[..., None]).reshape(B * T, H))
-    counts = hidden.new_zeros(B * num_lines).index_add(0, flat, weight.reshape(-1))
-    return (sums / counts.clamp_min(1.0)[:, None]).reshape(B, num_lines, H)
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: attention, then a feed-forward layer, each with a residual."""
+
+    def __init__(self, hidden: int, heads: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden)
+        self.attn = SelfAttention(hidden, heads, dropout)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, hidden))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), mask))  # (B, L, H)
+        return x + self.dropout(self.ffn(self.norm2(x)))  # (B, L, H)
+
+
+def line_attention_mask(real: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(B, 1, L, L) bool: a line sees the real lines (``causal``: only those up to itself), and always itself."""
+    L = real.shape[1]
+    mask = real[:, None, None, :].expand(-1, 1, L, L)  # (B, 1, L, L)
+    eye = torch.eye(L, dtype=torch.bool, device=real.device)
+    if causal:
+        mask = mask & torch.ones(L, L, dtype=torch.bool, device=real.device).tril()
+    return mask | eye
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, H) the mean of the real token states of each row of ``hidden`` (N, T, H)."""
+    weight = attention_mask.to(hidden.dtype)[..., None]  # (N, T, 1)
+    return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
 
 class AttentionPooling(nn.Module):
@@ -261,12 +258,10 @@ class DetectorOutput:
     aux_loss: torch.Tensor  # ()
     loss: torch.Tensor | None = None
     cls_loss: torch.Tensor | None = None
-    mlm_loss: torch.Tensor | None = None
-    mlm_nll: torch.Tensor | None = None  # (B, T) NLL of each masked token, 0 elsewhere
     line_loss: torch.Tensor | None = None
     line_nll: torch.Tensor | None = None  # (B, L) NLL of each scored line's class, 0 elsewhere
     next_loss: torch.Tensor | None = None
-    next_nll: torch.Tensor | None = None  # (B, L) NLL of the next line's class at each line, 0 elsewhere
+    next_nll: torch.Tensor | None = None  # (B, L) NLL of the next line's class (or the end) at each line
 
 
 def _scattered_nll(
@@ -293,112 +288,134 @@ def _init_new_module(module: nn.Module) -> None:
             nn.init.normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
 
 class MoEBertForLogAnomaly(nn.Module):
-    """Encoder + MoE + MLM head + pooling + anomaly head; ``forward`` returns the loss with the outputs."""
+    """Line encoder + sequence transformer + MoE + line heads + pooling + anomaly head; ``forward`` returns
+    the loss with the outputs."""
 
     def __init__(self, config: DetectorConfig, encoder: PreTrainedModel) -> None:
         super().__init__()
         self.config = config
-        self.encoder = encoder
-        hidden = int(encoder.config.hidden_size)
-        vocab = int(embedding_weight(encoder).shape[0])
+        self.encoder = encoder.requires_grad_(False)  # the line encoder: frozen, its vectors cached
+        line_dim = int(encoder.config.hidden_size)
+        hidden, classes = config.seq_hidden, config.num_classes
+        self.line_proj = nn.Linear(line_dim, hidden)
+        self.class_embed = nn.Embedding(classes, hidden)  # the line's identity in the vocabulary (or other)
+        self.mask_embed = nn.Parameter(torch.zeros(hidden))  # a masked line's input
+        self.pos_embed = nn.Embedding(config.max_lines, hidden)
+        self.in_norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(config.seq_dropout)
+        self.blocks = nn.ModuleList(
+            Block(hidden, config.seq_heads, config.seq_intermediate, config.seq_dropout)
+            for _ in range(config.seq_layers)
+        )
+        self.norm = nn.LayerNorm(hidden)
         self.moe = MoELayer(config, hidden)
-        self.mlm_head = MLMHead(hidden, vocab, config.mlm_vocab)
         self.pool = AttentionPooling(hidden) if config.pooling == "attention" else None
         self.head = AnomalyHead(hidden, config.head_hidden, config.head_dropout)
-        self.line_head = LineHead(hidden, len(config.line_vocab) + 1) if config.line_vocab else None
-        # forward line modeling: the class of the next line (vocabulary, other, end) from a line's state
-        # under block-causal attention
-        use_next = bool(config.line_vocab) and config.next_line
-        self.next_head = LineHead(hidden, len(config.line_vocab or []) + 2) if use_next else None
-        for module in (self.moe, self.mlm_head, self.head, self.pool, self.line_head, self.next_head):
-            if module is not None:
+        self.line_head = LineHead(hidden, classes)  # a masked line's class
+        self.next_head = LineHead(hidden, classes + 1)  # the next line's class, or the end (the last class)
+        for name, module in self.named_children():
+            if name != "encoder":
                 _init_new_module(module)
+        nn.init.normal_(self.mask_embed, std=0.02)
         self.moe_mode: MoEMode = "top_p"
         config.encoder_config = encoder.config.to_dict()
-        config.vocab_size = vocab
+        config.line_dim = line_dim
 
     @property
     def hidden_size(self) -> int:
         """Width of the pooled embedding."""
-        return int(self.encoder.config.hidden_size)
+        return int(self.config.seq_hidden)
 
-    def pooled_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pool token states (B, T, H) into (B, H)."""
+    @property
+    def end_class(self) -> int:
+        """The next head's class for "the sequence ends here"."""
+        return int(self.config.num_classes)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return self.head.fc1.weight.device
+
+    @torch.no_grad()
+    def encode_lines(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, D) the unit-length mean-pooled encoder output of each tokenized line."""
+        device = self.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_bf16(device)):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, D)
+        return F.normalize(mean_pool(hidden.float(), attention_mask), dim=-1)  # (N, D)
+
+    def pooled_from(self, hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Pool line states (B, L, H) into (B, H)."""
         if self.pool is not None:
-            return self.pool(hidden, attention_mask)
+            return self.pool(hidden, real)
         if self.config.pooling == "max":
-            fill = torch.finfo(hidden.dtype).min
-            return hidden.masked_fill(~attention_mask.bool()[..., None], fill).max(dim=1).values  # (B, H)
-        return hidden[:, 0]  # (B, H) the [CLS] state
+            return hidden.masked_fill(~real[..., None], torch.finfo(hidden.dtype).min).max(dim=1).values  # (B, H)
+        return mean_pool(hidden, real)
 
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        vectors: torch.Tensor,
+        classes: torch.Tensor,
+        real: torch.Tensor,
         labels: torch.Tensor | None = None,
-        mlm_labels: torch.Tensor | None = None,
-        moe_mode: MoEMode | None = None,
+        masked: torch.Tensor | None = None,
         line_labels: torch.Tensor | None = None,
-        causal_rows: torch.Tensor | None = None,
+        causal: bool = False,
         next_labels: torch.Tensor | None = None,
+        moe_mode: MoEMode | None = None,
     ) -> DetectorOutput:
-        """``labels`` (B,) 0/1 anomaly targets; ``mlm_labels`` (B, T) token ids at masked positions, -100
-        elsewhere; ``line_labels`` (B, L) line classes of the lines masked whole, -100 elsewhere;
-        ``causal_rows`` (B,) bool: rows encoded with block-causal attention (forward line modeling),
-        whose ``next_labels`` (B, L) are the next line's class at each line (:func:`next_targets`)."""
+        """``vectors`` (B, L, D) line vectors, ``classes`` (B, L) line classes, ``real`` (B, L) bool, the
+        lines that are there. ``labels`` (B,) 0/1 anomaly targets; ``masked`` (B, L) bool, lines shown as
+        [MASK], with ``line_labels`` (B, L) their classes (-100 elsewhere); ``causal``: each line sees only
+        the lines up to itself, with ``next_labels`` (B, L) the next line's class at each line (-100: none)."""
         mode = moe_mode or self.moe_mode
-        device = self.mlm_head.bias.device
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        labels = labels.to(device) if labels is not None else None
-        mlm_labels = mlm_labels.to(device) if mlm_labels is not None else None
-        encoder_mask = attention_mask
-        if causal_rows is not None and bool(causal_rows.any()):
-            sep_id = self._sep_id()
-            causal = block_causal_mask(input_ids, attention_mask, sep_id)  # (B, T, T)
-            full = attention_mask[:, None, :].expand_as(causal)
-            encoder_mask = torch.where(causal_rows.to(device)[:, None, None], causal, full)
+        device = self.device
+        vectors, classes, real = vectors.to(device), classes.to(device), real.to(device).bool()
+        _B, L = classes.shape
+        if self.config.max_lines < L:
+            raise ModelError(f"{L} lines exceed the model's {self.config.max_lines} positions: score in windows")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_bf16(device)):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=encoder_mask).last_hidden_state  # (B, T, H)
-            moe = self.moe(hidden, attention_mask, mode)
-            pooled = self.pooled_from(moe.hidden, attention_mask)  # (B, H)
+            x = self.line_proj(vectors.float()) + self.class_embed(classes)  # (B, L, H)
+            if masked is not None:
+                x = torch.where(masked.to(device)[..., None], self.mask_embed.to(x.dtype), x)
+            x = self.in_norm(x + self.pos_embed.weight[:L])  # (B, L, H)
+            x = self.dropout(x)
+            attn = line_attention_mask(real, causal)  # (B, 1, L, L)
+            for block in self.blocks:
+                x = block(x, attn)
+            moe = self.moe(self.norm(x), real, mode)  # (B, L, H)
+            pooled = self.pooled_from(moe.hidden, real)  # (B, H)
             logits = self.head(pooled).float()  # (B,)
-            mlm_logits = None
-            if mlm_labels is not None:
-                masked = mlm_labels != -100  # (B, T)
-                word_embeddings = embedding_weight(self.encoder)  # (V, H)
-                mlm_logits = self.mlm_head(moe.hidden[masked], word_embeddings)  # (M, V) only masked tokens
             line_logits = next_logits = None
-            if line_labels is not None and self.line_head is not None:
+            if line_labels is not None:
                 line_labels = line_labels.to(device)
                 scored = line_labels != -100  # (B, L)
-                line_logits = self._line_logits(self.line_head, moe.hidden, input_ids, attention_mask, scored)
-            if next_labels is not None and self.next_head is not None:
+                line_logits = self.line_head(moe.hidden[scored])  # (M, C)
+            if next_labels is not None:
                 next_labels = next_labels.to(device)
                 next_scored = next_labels != -100  # (B, L)
-                next_logits = self._line_logits(self.next_head, moe.hidden, input_ids, attention_mask, next_scored)
-        pooled = pooled.float()
+                next_logits = self.next_head(moe.hidden[next_scored])  # (M, C + 1)
         out = DetectorOutput(
             logits=logits,
-            scores=torch.sigmoid(logits.float()),
-            pooled=pooled,
+            scores=torch.sigmoid(logits),
+            pooled=pooled.float(),
             router_probs=moe.router_probs,
             expert_mask=moe.expert_mask,
             aux_loss=moe.aux_loss,
         )
         losses: list[torch.Tensor] = []
         if labels is not None:
-            out.cls_loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            out.cls_loss = F.binary_cross_entropy_with_logits(logits, labels.to(device).float())
             losses.append(out.cls_loss)
-        if mlm_labels is not None and mlm_logits is not None:
-            targets = self.mlm_head.targets(mlm_labels[masked])  # (M,)
-            out.mlm_nll, out.mlm_loss = _scattered_nll(mlm_logits, targets, masked)
-            losses.append(out.mlm_loss)
         if line_labels is not None and line_logits is not None:
             out.line_nll, out.line_loss = _scattered_nll(line_logits, line_labels[scored], scored)
             losses.append(out.line_loss)
@@ -412,21 +429,6 @@ class MoEBertForLogAnomaly(nn.Module):
             out.loss = total
         return out
 
-    def _line_logits(
-        self, head: LineHead, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-        scored: torch.Tensor,
-    ) -> torch.Tensor:  # fmt: skip
-        """``head`` on the mean token state of each line where ``scored`` (B, L): (M, C), M = scored lines."""
-        lines = line_index(input_ids, self._sep_id())  # (B, T)
-        num_lines = max(int(lines.max()) + 1, scored.shape[1])
-        states = line_states(hidden, attention_mask, lines, num_lines)[:, : scored.shape[1]]  # (B, L, H)
-        return head(states[scored])
-
-    def _sep_id(self) -> int:
-        if self.config.sep_token_id is None:
-            raise ModelError("the config has no sep_token_id: cannot find the lines")
-        return int(self.config.sep_token_id)
-
     def use_bf16(self, device: torch.device) -> bool:
         """Whether forward runs under bfloat16 autocast (``precision``: auto = CPUs with AMX/AVX512-BF16)."""
         if self.config.precision == "bf16":
@@ -434,31 +436,6 @@ class MoEBertForLogAnomaly(nn.Module):
         if self.config.precision == "auto":
             return device.type == "cpu" and cpu_has_fast_bf16()
         return False
-
-    # ------------------------------------------------------------------------- freezing
-
-    def encoder_layers(self) -> nn.ModuleList | None:
-        """The encoder's list of transformer layers (BERT-like encoders), else ``None``."""
-        inner = getattr(self.encoder, "encoder", None)
-        layers = getattr(inner, "layer", None)
-        return layers if isinstance(layers, nn.ModuleList) else None
-
-    def freeze_lower(self, num_layers: int) -> None:
-        """Freeze the embeddings and the lowest ``num_layers`` encoder layers (0: train everything)."""
-        for p in self.encoder.parameters():
-            p.requires_grad_(True)
-        if num_layers <= 0:
-            return
-        layers = self.encoder_layers()
-        if layers is None:
-            logger.warning("cannot freeze layers of a %s encoder; training all", type(self.encoder).__name__)
-            return
-        self.encoder.get_input_embeddings().requires_grad_(False)
-        embeddings = getattr(self.encoder, "embeddings", None)
-        if embeddings is not None:
-            embeddings.requires_grad_(False)
-        for layer in layers[: min(num_layers, len(layers))]:
-            layer.requires_grad_(False)
 
     # ------------------------------------------------------------------------- save / load
 
@@ -480,8 +457,8 @@ class MoEBertForLogAnomaly(nn.Module):
         if not (folder / CONFIG_NAME).exists() or not (folder / WEIGHTS_NAME).exists():
             raise ModelError(f"{folder}: not a detector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
         config = DetectorConfig.from_json_file(folder / CONFIG_NAME)
-        if not config.encoder_config:
-            raise ModelError(f"{folder / CONFIG_NAME}: no encoder_config recorded")
+        if not config.encoder_config or config.line_dim is None:
+            raise ModelError(f"{folder}: a detector of an older format (token-level); train it again")
         encoder = encoder_from_config(config.encoder_config)
         model = cls(config, encoder)
         state = load_file(str(folder / WEIGHTS_NAME))
@@ -555,7 +532,7 @@ def build_model(config: DetectorConfig, tokenizer: PreTrainedTokenizerBase) -> M
             num_hidden_layers=config.scratch_layers,
             num_attention_heads=config.scratch_heads,
             intermediate_size=config.scratch_intermediate,
-            max_position_embeddings=max(512, config.max_length),
+            max_position_embeddings=max(512, config.max_line_tokens),
             pad_token_id=tokenizer.pad_token_id or 0,
         )
         encoder = encoder_from_config(bert_cfg.to_dict())
@@ -574,10 +551,7 @@ def build_model(config: DetectorConfig, tokenizer: PreTrainedTokenizerBase) -> M
             _grow_embeddings(encoder, tokenizer, old_vocab)
         if config.num_encoder_layers:
             _truncate_layers(encoder, config.num_encoder_layers)
-    config.sep_token_id = int(tokenizer.sep_token_id) if tokenizer.sep_token_id is not None else None
-    model = MoEBertForLogAnomaly(config, encoder)
-    model.freeze_lower(config.freeze_layers)
-    return model
+    return MoEBertForLogAnomaly(config, encoder)
 
 
 def _grow_embeddings(encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, old_vocab: int) -> None:
@@ -614,12 +588,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 __all__ = [
     "AnomalyHead",
     "AttentionPooling",
+    "Block",
     "DetectorOutput",
     "Expert",
     "LineHead",
-    "MLMHead",
     "MoEBertForLogAnomaly",
     "MoELayer",
+    "SelfAttention",
     "build_model",
     "build_tokenizer",
     "count_parameters",

@@ -4,14 +4,15 @@
     scores = detector.score([["line", "line", ...], ...])      # (N,) in [0, 1]
     flagged = scores >= detector.threshold
 
-Supervised artifacts score with the anomaly head alone (a probability). Label-free artifacts fuse
-three scores, each mapped to [0, 1] by a robust z-score against held-out normal sequences and a
-sigmoid: the one-class head, the cosine kNN distance of the pooled embedding to a bank of training
-embeddings, and the reconstruction score: with a line vocabulary, the worst line of two parts, each
-line's NLL standardized per line class on held-out normal sequences: masked line modeling (each line
-masked in turn, predicted from all the others) and forward line modeling (each line's next line
-predicted from the lines before it, under block-causal attention); without one, the masked-token NLL
-under deterministic masking.
+Each distinct normalized line is encoded once (``detector.vectors`` caches its vector); the sequence
+model runs over the line vectors, in overlapping windows when a sequence is longer than its positions,
+so every line of a session of any length is scored. Supervised artifacts score with the anomaly head
+alone (a probability). Calibrated artifacts fuse three scores, each mapped to [0, 1] by a robust z-score
+against held-out normal sequences: the head, the cosine kNN distance of the pooled embedding to a bank
+of training embeddings, and the reconstruction score: the worst line of two line models, each line's
+NLL standardized per line class on held-out normal sequences: masked line modeling (each line masked
+in turn, named from all the others) and forward line modeling (each line, and the end of the
+sequence, named from the lines before it: a session that stops early scores its missing end).
 """
 
 from __future__ import annotations
@@ -35,18 +36,7 @@ from core.errors import ModelError
 from core.io import write_json
 from core.normalize import Normalizer
 from small_model.common import weights_digest
-from small_model.data import (
-    encode_texts,
-    line_index,
-    line_keys,
-    line_targets,
-    maskable,
-    next_targets,
-    pad_batch,
-    sequence_text,
-    special_ids,
-    strided_masks,
-)
+from small_model.data import LineVectors, normalize_lines, window_owner, window_starts
 from small_model.modeling import CONFIG_NAME, WEIGHTS_NAME, MoEBertForLogAnomaly
 
 logger = logging.getLogger(__name__)
@@ -107,7 +97,6 @@ class Calibration:
     stats: dict[str, ScoreStats] = field(default_factory=dict)
     contamination: float = 0.05
     knn_k: int = 1
-    recon_reduce: Literal["mean", "max_line", "topk", "max"] = "max"
     # masked line modeling: the mean NLL of each line class on held-out normal sequences and its
     # spread (standard deviation + 0.5). A line's score is its NLL standardized by those, so lines that
     # are unpredictable by nature (a background GC pause at a random place, a duration bucket that
@@ -256,6 +245,57 @@ class Detection:
     risk: RiskLevel
 
 
+@dataclass
+class LineBatch:
+    """Windows of sequences as tensors for the model: each row one window of up to ``max_lines`` lines."""
+
+    ids: torch.Tensor  # (B, L) rows of the line-vector table
+    classes: torch.Tensor  # (B, L) line classes (the vocabulary, or other)
+    real: torch.Tensor  # (B, L) bool, the lines that are there
+    nxt: torch.Tensor  # (B, L) the class after each line (the end class after a sequence's last line); -100: none
+
+
+def line_batch(windows: Sequence[tuple[Sequence[int], Sequence[int], bool]], end_class: int) -> LineBatch:
+    """Pad windows ``(table ids, classes, ends the sequence)`` into a :class:`LineBatch`."""
+    width = max(len(w[0]) for w in windows)
+    B = len(windows)
+    ids = torch.zeros(B, width, dtype=torch.long)
+    classes = torch.zeros(B, width, dtype=torch.long)
+    real = torch.zeros(B, width, dtype=torch.bool)
+    nxt = torch.full((B, width), -100, dtype=torch.long)
+    for b, (row_ids, row_classes, ends) in enumerate(windows):
+        n = len(row_ids)
+        ids[b, :n] = torch.tensor(row_ids, dtype=torch.long)
+        classes[b, :n] = torch.tensor(row_classes, dtype=torch.long)
+        real[b, :n] = True
+        nxt[b, : n - 1] = classes[b, 1:n]
+        if ends:
+            nxt[b, n - 1] = end_class
+    return LineBatch(ids, classes, real, nxt)
+
+
+@dataclass
+class _Prepared:
+    """One distinct sequence ready to score: its line-table rows, classes and windows."""
+
+    ids: list[int]
+    classes: list[int]
+    starts: list[int]
+    owner: list[int]
+
+
+@dataclass
+class LineScores:
+    """Per-sequence results of the line models (raw NLLs, before the class baselines)."""
+
+    head: np.ndarray  # (N,) anomaly logit (the most anomalous window)
+    pooled: np.ndarray  # (N, H) mean pooled embedding of the windows
+    line_nll: list[np.ndarray] = field(default_factory=list)  # per sequence (n,): each line masked in turn
+    line_cls: list[np.ndarray] = field(default_factory=list)
+    next_nll: list[np.ndarray] = field(default_factory=list)  # per sequence (n,): at line i, its successor
+    next_cls: list[np.ndarray] = field(default_factory=list)  # (the end class after the last line)
+
+
 class MoEBertDetector:
     """A trained detector: model, tokenizer, normalizer, calibration and (label-free) embedding bank."""
 
@@ -267,7 +307,7 @@ class MoEBertDetector:
         calibration: Calibration | None = None,
         bank: torch.Tensor | None = None,
         metrics: dict[str, Any] | None = None,
-        batch_size: int = 32,
+        batch_size: int = 64,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -276,8 +316,8 @@ class MoEBertDetector:
         self.bank = bank.float() if bank is not None else None  # (Nb, H) raw pooled embeddings
         self.metrics = metrics or {}
         self.batch_size = batch_size
-        self._never = special_ids(tokenizer)
         self._line_map = {line: i for i, line in enumerate(model.config.line_vocab or [])}
+        self.vectors = LineVectors(self._encode_lines, int(model.config.line_dim or 0))
 
     # ------------------------------------------------------------------------- properties
 
@@ -320,7 +360,7 @@ class MoEBertDetector:
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, batch_size: int = 32, device: str = "cpu") -> MoEBertDetector:
+    def from_pretrained(cls, path: str | Path, batch_size: int = 64, device: str = "cpu") -> MoEBertDetector:
         """Load an artifact folder written by :meth:`save_pretrained` (or by training)."""
         folder = Path(path)
         if not folder.is_dir():
@@ -336,7 +376,10 @@ class MoEBertDetector:
         normalizer = Normalizer()
         if (folder / NORMALIZER_NAME).exists():
             normalizer = Normalizer.from_dict(json.loads((folder / NORMALIZER_NAME).read_text(encoding="utf-8")))
-        calibration = Calibration.from_dict(json.loads((folder / CALIBRATION_NAME).read_text(encoding="utf-8")))
+        try:
+            calibration = Calibration.from_dict(json.loads((folder / CALIBRATION_NAME).read_text(encoding="utf-8")))
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{folder}: unreadable {CALIBRATION_NAME} ({exc})") from None
         bank = load_file(str(folder / BANK_NAME))["bank"] if (folder / BANK_NAME).exists() else None
         if calibration.weights.get("knn", 0) > 0 and bank is None:
             raise ModelError(f"{folder}: calibration uses the kNN score but {BANK_NAME} is missing")
@@ -345,166 +388,188 @@ class MoEBertDetector:
             metrics = json.loads((folder / METRICS_NAME).read_text(encoding="utf-8"))
         return cls(model, tokenizer, normalizer, calibration, bank, metrics, batch_size)
 
+    # ------------------------------------------------------------------------- lines
+
+    def normalize(self, sequences: Sequence[Sequence[str]]) -> list[list[str]]:
+        """The normalized lines of each sequence (the model's input)."""
+        return [normalize_lines(lines, self.normalizer) for lines in sequences]
+
+    def _encode_lines(self, lines: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(
+            lines, truncation=True, max_length=self.config.max_line_tokens, padding=True, return_tensors="pt"
+        )
+        return self.model.encode_lines(enc["input_ids"], enc["attention_mask"])
+
+    def line_classes(self, lines: Sequence[str]) -> list[int]:
+        """The class of each normalized line: its index in the line vocabulary, else ``other``."""
+        other = len(self._line_map)
+        return [self._line_map.get(line, other) for line in lines]
+
+    def _prepare(self, lines: Sequence[str]) -> _Prepared:
+        size = int(self.config.max_lines)
+        starts = window_starts(len(lines), size)
+        return _Prepared(
+            self.vectors.ids(lines), self.line_classes(lines), starts, window_owner(len(lines), starts, size)
+        )
+
     # ------------------------------------------------------------------------- raw scores
 
-    def texts(self, sequences: Sequence[Sequence[str]]) -> list[str]:
-        """The model input text of each sequence (normalized lines joined with [SEP])."""
-        return [sequence_text(lines, self.normalizer, self.config.line_separator) for lines in sequences]
-
     @torch.inference_mode()
-    def raw_from_texts(self, texts: Sequence[str], components: Sequence[str] = COMPONENTS) -> dict[str, np.ndarray]:
-        """Raw component scores (``head`` as a logit) and pooled embeddings (``pooled``) of prepared texts.
+    def line_scores(self, sequences: Sequence[Sequence[str]], recon: bool = True) -> LineScores:
+        """Head logit, pooled embedding and (``recon``) the raw per-line NLLs of normalized sequences.
 
-        Scoring is deterministic, so each distinct text is run once.
+        Every line is scored once, in the window that shows it with context; a sequence longer than
+        the model's positions is read in overlapping windows. Identical sequences are run once.
         """
-        unique: dict[str, int] = {}
-        where = np.array([unique.setdefault(t, len(unique)) for t in texts], dtype=np.int64)
-        texts_in = list(unique)
-        ids = encode_texts(self.tokenizer, texts_in, self.config.max_length)
-        n = len(ids)
-        pad_id = int(self.tokenizer.pad_token_id or 0)
-        head = np.zeros(n)
-        recon: dict[str, np.ndarray] = {}
-        pooled = np.zeros((n, self.model.hidden_size), dtype=np.float32)
-        order = sorted(range(n), key=lambda i: len(ids[i]))
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            input_ids, attention_mask = pad_batch([ids[i] for i in idx], pad_id)
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-            head[idx] = out.logits.double().cpu().numpy()  # logits: sigmoid saturates on normals
-            pooled[idx] = out.pooled.float().cpu().numpy()
-            if "recon" in components:
-                parts = self._recon(input_ids, attention_mask, [texts_in[i] for i in idx])
-                for name, values in parts.items():
-                    recon.setdefault(name, np.zeros(n))[idx] = values
-        result: dict[str, np.ndarray] = {"head": head[where], "pooled": pooled[where]}
-        if "recon" in components:
-            # the worst of its parts; each part also kept (``recon:lines``, ``recon:next``) for reports
-            worst = np.max(np.stack(list(recon.values())), axis=0) if recon else np.zeros(n)
-            result["recon"] = worst[where]
-            if len(recon) > 1:
-                result.update({f"recon:{name}": values[where] for name, values in recon.items()})
-        if "knn" in components and self.bank is not None:
-            result["knn"] = knn_distance(pooled, self.bank, self.calibration.knn_k)[where]
+        unique: dict[tuple[str, ...], int] = {}
+        where = [unique.setdefault(tuple(seq), len(unique)) for seq in sequences]
+        prepared = [self._prepare(seq) for seq in unique]
+        n = len(prepared)
+        size, end = int(self.config.max_lines), self.model.end_class
+        rows = [(s, w, a) for s, p in enumerate(prepared) for w, a in enumerate(p.starts)]
+        rows.sort(key=lambda r: min(size, len(prepared[r[0]].ids) - r[2]))
+        head = np.full(n, -np.inf)
+        pooled_sum = np.zeros((n, self.model.hidden_size))
+        line_nll = [np.zeros(len(p.ids)) for p in prepared]
+        next_nll = [np.zeros(len(p.ids)) for p in prepared]
+        table = self.vectors.table
+        for begin in range(0, len(rows), self.batch_size):
+            chunk = rows[begin : begin + self.batch_size]
+            windows = []
+            for s, _, a in chunk:
+                p = prepared[s]
+                windows.append((p.ids[a : a + size], p.classes[a : a + size], a + size >= len(p.ids)))
+            batch = line_batch(windows, end)
+            vectors = table[batch.ids]  # (B, L, D)
+            out = self.model(vectors, batch.classes, batch.real)
+            logits, pooled = out.logits.double().cpu().numpy(), out.pooled.double().cpu().numpy()
+            for r, (s, _, _) in enumerate(chunk):
+                head[s] = max(head[s], logits[r])
+                pooled_sum[s] += pooled[r]
+            if not recon:
+                continue
+            # forward line modeling: the line after each line, scored in the window that owns that next line
+            owned_next = torch.zeros_like(batch.real)
+            owned_line = torch.zeros_like(batch.real)
+            for r, (s, w, a) in enumerate(chunk):
+                p = prepared[s]
+                width = min(size, len(p.ids) - a)
+                for pos in range(width):
+                    i = a + pos
+                    owned_line[r, pos] = p.owner[i] == w
+                    owned_next[r, pos] = (p.owner[i + 1] == w) if i + 1 < len(p.ids) else bool(batch.nxt[r, pos] == end)
+            targets = batch.nxt.masked_fill(~owned_next, -100)
+            out = self.model(vectors, batch.classes, batch.real, causal=True, next_labels=targets)
+            assert out.next_nll is not None
+            nxt = out.next_nll.float().cpu().numpy()
+            masked_nll = torch.zeros(batch.real.shape)
+            passes = int(self.config.recon_passes)
+            position = torch.arange(batch.real.shape[1])[None]
+            for j in range(passes):
+                chosen = batch.real & owned_line & (position % passes == j)
+                if not bool(chosen.any()):
+                    continue
+                labels = batch.classes.masked_fill(~chosen, -100)
+                out = self.model(vectors, batch.classes, batch.real, masked=chosen, line_labels=labels)
+                assert out.line_nll is not None
+                masked_nll += out.line_nll.float().cpu()
+            for r, (s, _, a) in enumerate(chunk):
+                p = prepared[s]
+                width = min(size, len(p.ids) - a)
+                own = owned_line[r, :width].numpy()
+                line_nll[s][a : a + width][own] = masked_nll[r, :width].numpy()[own]
+                own_next = owned_next[r, :width].numpy()
+                next_nll[s][a : a + width][own_next] = nxt[r, :width][own_next]
+        counts = np.array([len(p.starts) for p in prepared], dtype=np.float64)
+        result = LineScores(head[where], (pooled_sum / counts[:, None])[where].astype(np.float32))
+        if recon:
+            for u in where:
+                p = prepared[u]
+                result.line_nll.append(line_nll[u])
+                result.line_cls.append(np.asarray(p.classes))
+                result.next_nll.append(next_nll[u])
+                result.next_cls.append(np.asarray([*p.classes[1:], end]))
         return result
 
-    def _recon(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        """The reconstruction score of each row, by part: ``lines`` (masked line modeling), ``next``
-        (forward line modeling, when the model has it) or ``tokens`` (masked token NLL)."""
-        if self.config.recon_masking == "lines" and self.model.line_head is not None:
-            parts = {"lines": self._worst_line(*self._line_nll(input_ids, attention_mask, texts), "line")}
-            if self.model.next_head is not None:
-                parts["next"] = self._worst_line(*self._next_nll(input_ids, attention_mask, texts), "next")
-            return parts
-        mask_id = int(self.tokenizer.mask_token_id)
-        nll = torch.zeros(input_ids.shape, dtype=torch.float32)
-        for masked_ids, labels in strided_masks(
-            input_ids,
-            attention_mask,
-            self._never,
-            mask_id,
-            self.config.recon_passes,
-            sep_id=int(self.tokenizer.sep_token_id) if self.config.recon_masking == "lines" else None,
-        ):
-            out = self.model(input_ids=masked_ids, attention_mask=attention_mask, mlm_labels=labels)
-            assert out.mlm_nll is not None
-            nll += out.mlm_nll.float().cpu()
-        scored = maskable(input_ids, attention_mask, self._never)  # (B, T)
-        sep_id = int(self.tokenizer.sep_token_id)
-        return {"tokens": reduce_nll(nll, scored, input_ids, sep_id, self.calibration.recon_reduce)}
-
-    def _keys(self, texts: Sequence[str]) -> list[list[int]]:
-        return [line_keys(t, self.config.line_separator, self._line_map, len(self._line_map)) for t in texts]
-
-    def _line_nll(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each line masked whole in turn (``recon_passes`` strided passes): ``(nll, classes)``, both (B, L),
-        the NLL of each line's class under the line head and the class (-100 where no line or a cut one)."""
-        sep_id = int(self.tokenizer.sep_token_id)
-        keys = self._keys(texts)
-        num_lines = int(line_index(input_ids, sep_id).max()) + 1
-        passes = self.config.recon_passes
-        nll = torch.zeros(input_ids.shape[0], num_lines)
-        classes = torch.full((input_ids.shape[0], num_lines), -100, dtype=torch.long)
-        masks = strided_masks(input_ids, attention_mask, self._never, int(self.tokenizer.mask_token_id), passes, sep_id)
-        for j, (masked_ids, _) in enumerate(masks):
-            chosen = (torch.arange(num_lines) % passes == j)[None].expand(input_ids.shape[0], -1)
-            targets = line_targets(input_ids, keys, sep_id, chosen)
-            out = self.model(input_ids=masked_ids, attention_mask=attention_mask, line_labels=targets)
-            assert out.line_nll is not None
-            nll += out.line_nll.float().cpu()
-            classes = torch.where(targets != -100, targets, classes)
-        return nll, classes
-
-    def _next_nll(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: Sequence[str]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward line modeling in one block-causal pass: ``(nll, classes)``, both (B, L), the NLL of the
-        next line's class at each line and that class (-100 where there is none)."""
-        sep_id = int(self.tokenizer.sep_token_id)
-        targets = next_targets(input_ids, self._keys(texts), sep_id, len(self._line_map) + 1)
-        causal = torch.ones(input_ids.shape[0], dtype=torch.bool)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, causal_rows=causal, next_labels=targets)
-        assert out.next_nll is not None
-        return out.next_nll.float().cpu(), targets
-
-    def _worst_line(self, nll: torch.Tensor, classes: torch.Tensor, kind: Literal["line", "next"]) -> np.ndarray:
-        """Per line its NLL above the class baseline (``kind``: which baseline); per sequence the worst
-        line (``recon_reduce`` ``mean``: the average)."""
-        scored = classes != -100
+    def _standardized(self, nll: np.ndarray, classes: np.ndarray, kind: Literal["line", "next"]) -> np.ndarray:
+        """Per line its NLL above its class's baseline on normal sequences, in units of its spread."""
         cal = self.calibration
         baseline, scale = (cal.line_baseline, cal.line_scale) if kind == "line" else (cal.next_baseline, cal.next_scale)
+        z = np.asarray(nll, dtype=np.float64)
         if baseline:
-            nll = nll - torch.tensor(baseline, dtype=nll.dtype)[classes.clamp_min(0)]
+            z = z - np.asarray(baseline)[classes]
         if scale:
-            nll = nll / torch.tensor(scale, dtype=nll.dtype)[classes.clamp_min(0)]
-        if self.calibration.recon_reduce == "mean":
-            return (nll.masked_fill(~scored, 0.0).sum(dim=1) / scored.sum(dim=1).clamp_min(1)).double().numpy()
-        return nll.masked_fill(~scored, float("-inf")).max(dim=1).values.clamp_min(-1e6).double().numpy()
+            z = z / np.asarray(scale)[classes]
+        return z
+
+    def line_surprise(self, scores: LineScores) -> list[np.ndarray]:
+        """Per sequence and line: the worst standardized NLL that concerns the line (masked, as the successor
+        of the line before it, and for the last line also the end that followed it)."""
+        out = []
+        for ln, lc, nn_, nc in zip(scores.line_nll, scores.line_cls, scores.next_nll, scores.next_cls, strict=True):
+            z = self._standardized(ln, lc, "line")
+            zn = self._standardized(nn_, nc, "next")  # zn[i]: the line after line i (the end after the last)
+            per = z.copy()
+            per[1:] = np.maximum(per[1:], zn[:-1])
+            per[-1] = max(per[-1], zn[-1])
+            out.append(per)
+        return out
+
+    def raw_from_lines(
+        self, sequences: Sequence[Sequence[str]], components: Sequence[str] = COMPONENTS
+    ) -> dict[str, np.ndarray]:
+        """Raw component scores (``head`` as a logit, ``knn``, ``recon`` and its parts ``recon:lines``,
+        ``recon:next``) and the ``pooled`` embeddings of normalized sequences."""
+        scores = self.line_scores(sequences, recon="recon" in components)
+        result: dict[str, np.ndarray] = {"head": scores.head, "pooled": scores.pooled}
+        if "recon" in components:
+            lines = [
+                self._standardized(n, c, "line").max(initial=-1e6)
+                for n, c in zip(scores.line_nll, scores.line_cls, strict=True)
+            ]
+            nexts = [
+                self._standardized(n, c, "next").max(initial=-1e6)
+                for n, c in zip(scores.next_nll, scores.next_cls, strict=True)
+            ]
+            result["recon:lines"] = np.asarray(lines, dtype=np.float64)
+            result["recon:next"] = np.asarray(nexts, dtype=np.float64)
+            result["recon"] = np.maximum(result["recon:lines"], result["recon:next"])
+        if "knn" in components and self.bank is not None:
+            result["knn"] = knn_distance(scores.pooled, self.bank, self.calibration.knn_k)
+        return result
 
     @torch.inference_mode()
-    def fit_line_baseline(self, texts: Sequence[str], min_count: int = 3, spread: float = 0.5) -> dict[str, Any]:
-        """Set ``calibration.line_baseline``/``line_scale`` (and ``next_baseline``/``next_scale``) from normal
-        ``texts``: the mean NLL of each line class seen at least ``min_count`` times and its standard
-        deviation + ``spread`` (0 and 1 for the others, which keep their raw NLL). Returns a summary."""
-        if self.model.line_head is None or self.config.recon_masking != "lines" or not texts:
+    def fit_line_baseline(
+        self, sequences: Sequence[Sequence[str]], min_count: int = 3, spread: float = 0.5
+    ) -> dict[str, Any]:
+        """Set ``calibration.line_baseline``/``line_scale`` and ``next_baseline``/``next_scale`` from normal
+        normalized ``sequences``: the mean NLL of each line class seen at least ``min_count`` times and its
+        standard deviation + ``spread``. The rare classes of the vocabulary share the stats of all their
+        occurrences; ``other`` (a line never seen in training) keeps its raw NLL. Returns a summary."""
+        if not sequences:
             return {}
-        kinds: dict[str, Any] = {"line": (self._line_nll, len(self._line_map) + 1)}
-        if self.model.next_head is not None:
-            kinds["next"] = (self._next_nll, len(self._line_map) + 2)
-        stats = {k: (torch.zeros(c), torch.zeros(c), torch.zeros(c)) for k, (_, c) in kinds.items()}
-        unique = sorted(set(texts))
-        ids = encode_texts(self.tokenizer, unique, self.config.max_length)
-        pad_id = int(self.tokenizer.pad_token_id or 0)
-        for start in range(0, len(ids), self.batch_size):
-            input_ids, attention_mask = pad_batch(ids[start : start + self.batch_size], pad_id)
-            for kind, (fn, _) in kinds.items():
-                nll, classes = fn(input_ids, attention_mask, unique[start : start + self.batch_size])
-                keep = classes != -100
-                sums, squares, counts = stats[kind]
-                sums.index_add_(0, classes[keep], nll[keep])
-                squares.index_add_(0, classes[keep], nll[keep] ** 2)
-                counts.index_add_(0, classes[keep], torch.ones(int(keep.sum())))
-        notes: dict[str, Any] = {"line_baseline_texts": len(unique)}
+        scores = self.line_scores(sequences)
         other = len(self._line_map)
-        for kind, (sums, squares, counts) in stats.items():
+        notes: dict[str, Any] = {"line_baseline_sequences": len(sequences)}
+        for kind, nll, cls, size in (
+            ("line", scores.line_nll, scores.line_cls, other + 1),
+            ("next", scores.next_nll, scores.next_cls, other + 2),
+        ):
+            values, classes = np.concatenate(nll), np.concatenate(cls)
+            counts = np.bincount(classes, minlength=size).astype(np.float64)
+            sums = np.bincount(classes, weights=values, minlength=size)
+            squares = np.bincount(classes, weights=values**2, minlength=size)
             seen = counts >= min_count
-            mean = sums / counts.clamp_min(1)
-            std = (squares / counts.clamp_min(1) - mean**2).clamp_min(0).sqrt()
-            # the rare lines of the vocabulary (background events seen in training, too seldom here for
-            # stats of their own) share the stats of all their occurrences: a rare line is hard to
-            # predict by nature. A line outside the vocabulary (other) keeps its raw NLL
-            rare = ~seen & (torch.arange(len(counts)) != other)
+            mean = sums / np.maximum(counts, 1)
+            std = np.sqrt(np.maximum(squares / np.maximum(counts, 1) - mean**2, 0.0))
+            rare = ~seen & (np.arange(size) != other)
             pooled = float(counts[rare].sum())
-            baseline, scale = torch.zeros_like(mean), torch.ones_like(std)  # raw NLL
+            baseline, scale = np.zeros(size), np.ones(size)  # raw NLL
             if pooled >= min_count:
                 rare_mean = sums[rare].sum() / pooled
                 baseline[rare] = rare_mean
-                scale[rare] = (squares[rare].sum() / pooled - rare_mean**2).clamp_min(0).sqrt() + spread
-            baseline, scale = torch.where(seen, mean, baseline), torch.where(seen, std + spread, scale)
+                scale[rare] = math.sqrt(max(squares[rare].sum() / pooled - rare_mean**2, 0.0)) + spread
+            baseline, scale = np.where(seen, mean, baseline), np.where(seen, std + spread, scale)
             setattr(self.calibration, f"{kind}_baseline", [round(float(x), 5) for x in baseline])
             setattr(self.calibration, f"{kind}_scale", [round(float(x), 5) for x in scale])
             notes[f"{kind}_baseline_classes"] = int(seen.sum())
@@ -512,9 +577,9 @@ class MoEBertDetector:
         return notes
 
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
-        """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of sequences."""
+        """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of raw sequences."""
         components = [*self.calibration.active(), "head"] if self.calibration.fused else ["head"]
-        return self.raw_from_texts(self.texts(sequences), components)
+        return self.raw_from_lines(self.normalize(sequences), components)
 
     # ------------------------------------------------------------------------- public API
 
@@ -528,7 +593,7 @@ class MoEBertDetector:
         """Pooled embedding (N, H) of each sequence."""
         if not sequences:
             return np.zeros((0, self.model.hidden_size), dtype=np.float32)
-        return self.raw_from_texts(self.texts(sequences), ["head"])["pooled"]
+        return self.line_scores(self.normalize(sequences), recon=False).pooled
 
     def predict(self, sequences: Sequence[Sequence[str]]) -> list[Detection]:
         """Score, decision and risk level of each sequence."""
@@ -536,12 +601,21 @@ class MoEBertDetector:
         return [Detection(float(s), bool(s >= thr), risk_level(float(s), thr)) for s in self.score(sequences)]
 
     def line_contributions(self, lines: Sequence[str]) -> list[float]:
-        """How much each line raises the score: full score minus the score without that line."""
-        if len(lines) <= 1:
-            return [float(s) for s in self.score([list(lines)])] if lines else []
-        variants = [list(lines)] + [[x for j, x in enumerate(lines) if j != i] for i in range(len(lines))]
-        scores = self.score(variants)
-        return [float(scores[0] - scores[i + 1]) for i in range(len(lines))]
+        """How anomalous each raw line looks, in [0, 1]: its worst standardized surprise (masked, as the
+        successor of the line before, the end after the last line) through the reconstruction score's
+        normalization. Lines the normalizer empties get 0. One scoring pass, no extra forwards."""
+        if not lines:
+            return []
+        normalized = [self.normalizer.normalize(line).strip() for line in lines]
+        kept = [i for i, t in enumerate(normalized) if t]
+        if not kept:
+            return [0.0] * len(lines)
+        per = self.line_surprise(self.line_scores([[normalized[i] for i in kept]]))[0]
+        stats = self.calibration.stats.get("recon", ScoreStats())
+        out = [0.0] * len(lines)
+        for i, v in zip(kept, stats.apply(per), strict=True):
+            out[i] = float(v)
+        return out
 
 
 def knn_distance(queries: np.ndarray, bank: torch.Tensor, k: int) -> np.ndarray:
@@ -555,21 +629,3 @@ def knn_distance(queries: np.ndarray, bank: torch.Tensor, k: int) -> np.ndarray:
         top = sims.topk(k, dim=-1).values  # (n, k)
         out[start : start + 1024] = (1.0 - top.mean(dim=-1)).double().numpy()
     return out
-
-
-def reduce_nll(nll: torch.Tensor, scored: torch.Tensor, input_ids: torch.Tensor, sep_id: int, how: str) -> np.ndarray:
-    """Per-sequence reconstruction score from token NLLs (B, T): mean, worst line mean, top-5 mean or max."""
-    counts = scored.sum(dim=1).clamp_min(1)  # (B,)
-    if how == "mean":
-        return (nll.sum(dim=1) / counts).double().numpy()
-    if how == "max":
-        return nll.masked_fill(~scored, 0.0).max(dim=1).values.double().numpy()
-    if how == "topk":
-        k = min(5, nll.shape[1])
-        return nll.masked_fill(~scored, 0.0).topk(k, dim=1).values.mean(dim=1).double().numpy()
-    lines = line_index(input_ids, sep_id)  # (B, T)
-    num_lines = int(lines.max().item()) + 1
-    sums = torch.zeros(nll.shape[0], num_lines).scatter_add(1, lines, nll * scored)  # (B, L)
-    cnts = torch.zeros(nll.shape[0], num_lines).scatter_add(1, lines, scored.float())  # (B, L)
-    means = torch.where(cnts > 0, sums / cnts.clamp_min(1), torch.zeros_like(sums))
-    return means.max(dim=1).values.double().numpy()

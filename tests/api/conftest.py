@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)
 
 TINY_BERT = {"scratch_layers": 2, "scratch_hidden": 48, "scratch_heads": 2, "scratch_intermediate": 96,
-             "expert_hidden": 48, "head_hidden": 16}  # fmt: skip
+             "seq_heads": 2, "seq_intermediate": 96, "expert_hidden": 48, "head_hidden": 16}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +50,7 @@ def tiny_detector_path(synthetic: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("detector") / "artifact"
     args = TrainArgs(train_file=synthetic / "train.json", val_file=synthetic / "val.json", output_dir=out,
                      encoder="mini-scratch", threads=1, progress=False, batch_size=16, epochs=6.0, mlm_epochs=1.0,
-                     lr=2e-3, head_lr=4e-3, max_length=128, extra=dict(TINY_BERT))  # fmt: skip
+                     lr=2e-3, seq_hidden=48, min_steps=1, extra=dict(TINY_BERT))  # fmt: skip
     return train_detector(args)
 
 

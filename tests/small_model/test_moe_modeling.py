@@ -1,4 +1,5 @@
-"""MoE-BERT modeling: shapes, routing, the load-balancing loss, learning, save/load (tiny random BERT)."""
+"""MoE-BERT over log lines: shapes, routing, the load-balancing loss, windows, the line-vector cache,
+learning, save/load (tiny random BERT)."""
 
 from __future__ import annotations
 
@@ -10,51 +11,49 @@ import pytest
 import torch
 
 from small_model.config import DetectorConfig
-from small_model.data import (
-    draw_lines,
-    encode_texts,
-    line_index,
-    line_keys,
-    line_targets,
-    maskable,
-    next_targets,
-    pad_batch,
-    random_mlm_mask,
-    special_ids,
-    strided_masks,
-)
+from small_model.data import LineVectors, window_owner, window_starts
 from small_model.modeling import (
-    MoEBertForLogAnomaly,
     MoELayer,
-    block_causal_mask,
     build_model,
     build_tokenizer,
     load_balancing_loss,
     top_p_routing,
 )
-from small_model.scoring import Calibration, MoEBertDetector, ScoreStats, best_f1_threshold, risk_level
+from small_model.scoring import (
+    Calibration,
+    MoEBertDetector,
+    ScoreStats,
+    best_f1_threshold,
+    line_batch,
+    risk_level,
+)
 
 torch.set_num_threads(1)
 
-TEXTS = [
-    "order-service request <id> received from <ip> [SEP] validating cart took <dur:1e1ms> [SEP] order created",
-    "payment-service opening transaction [SEP] capturing funds took <dur:1e2ms> [SEP] transaction committed",
-    "auth-service checking token [SEP] login ok",
+FLOWS = [
+    ["order-service request <id> received from <ip>", "validating cart took <dur:1e1ms>", "order created"],
+    ["payment-service opening transaction", "capturing funds took <dur:1e2ms>", "transaction committed"],
+    ["auth-service checking token", "login ok"],
 ]
+VOCAB = sorted({line for flow in FLOWS for line in flow})
 
 
 def tiny_config(**overrides: object) -> DetectorConfig:
-    """A 2-layer, hidden-32 BERT from scratch with the bundled tokenizer."""
+    """A 2-layer, hidden-32 BERT line encoder from scratch with the bundled tokenizer, a hidden-32 sequence model."""
     base: dict[str, object] = {
         "encoder": "mini-scratch",
         "scratch_layers": 2,
         "scratch_hidden": 32,
         "scratch_heads": 2,
         "scratch_intermediate": 64,
+        "seq_hidden": 32,
+        "seq_heads": 2,
+        "seq_intermediate": 64,
         "expert_hidden": 32,
         "head_hidden": 16,
-        "max_length": 64,
+        "max_lines": 16,
         "precision": "fp32",
+        "line_vocab": VOCAB,
     }
     base.update(overrides)
     return DetectorConfig(**base)  # type: ignore[arg-type]
@@ -65,8 +64,16 @@ def tokenizer():  # type: ignore[no-untyped-def]
     return build_tokenizer(tiny_config())
 
 
-def batch(tokenizer, texts=TEXTS):  # type: ignore[no-untyped-def]
-    return pad_batch(encode_texts(tokenizer, texts, 64), int(tokenizer.pad_token_id))
+def detector_of(tokenizer, **overrides: object) -> MoEBertDetector:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return MoEBertDetector(build_model(tiny_config(**overrides), tokenizer), tokenizer)
+
+
+def inputs(detector: MoEBertDetector, flows: list[list[str]] = FLOWS):  # type: ignore[no-untyped-def]
+    """The model's inputs for whole sequences: (vectors, LineBatch)."""
+    windows = [(detector.vectors.ids(f), detector.line_classes(f), True) for f in flows]
+    batch = line_batch(windows, detector.model.end_class)
+    return detector.vectors.table[batch.ids], batch
 
 
 # ----------------------------------------------------------------------------- routing
@@ -159,287 +166,191 @@ def test_dense_mode_uses_every_expert_with_uniform_weights() -> None:
 # ----------------------------------------------------------------------------- the model
 
 
-@pytest.mark.parametrize("pooling", ["cls", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_forward_shapes_and_router_probabilities(tokenizer, pooling: str) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    model = build_model(tiny_config(pooling=pooling), tokenizer).eval()
-    input_ids, attention_mask = batch(tokenizer)
-    B, T = input_ids.shape
-    gen = torch.Generator().manual_seed(0)
-    masked, mlm_labels = random_mlm_mask(
-        input_ids, attention_mask, special_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer), 0.15, gen
-    )
-    out = model(input_ids=masked, attention_mask=attention_mask, labels=torch.tensor([0, 1, 0]), mlm_labels=mlm_labels)
-    n_real = int(attention_mask.sum())
-    assert out.logits.shape == (B,) and out.scores.shape == (B,)
+    detector = detector_of(tokenizer, pooling=pooling)
+    model = detector.model.eval()
+    vectors, batch = inputs(detector)
+    B, L = batch.classes.shape
+    masked = torch.zeros(B, L, dtype=torch.bool)
+    masked[:, 1] = True
+    line_labels = batch.classes.masked_fill(~masked, -100)
+    out = model(vectors, batch.classes, batch.real, labels=torch.tensor([0, 1, 0]), masked=masked,
+                line_labels=line_labels)  # fmt: skip
+    n_real = int(batch.real.sum())
+    assert vectors.shape == (B, L, 32) and out.logits.shape == (B,) and out.scores.shape == (B,)
     assert ((out.scores > 0) & (out.scores < 1)).all()
     assert out.pooled.shape == (B, 32)
     assert out.router_probs.shape == (n_real, 4) and out.router_probs.dtype == torch.float32
     torch.testing.assert_close(out.router_probs.sum(dim=-1), torch.ones(n_real))
     assert out.expert_mask.shape == (n_real, 4) and out.expert_mask.any(dim=-1).all()
-    assert out.mlm_nll is not None and out.mlm_nll.shape == (B, T)
-    assert ((out.mlm_nll > 0) == (mlm_labels != -100)).all()
-    assert out.loss is not None and out.cls_loss is not None and out.mlm_loss is not None
-    expected = out.cls_loss + out.mlm_loss + model.config.lb_coef * out.aux_loss
+    assert out.line_nll is not None and out.line_nll.shape == (B, L)
+    assert ((out.line_nll > 0) == masked).all()
+    assert out.loss is not None and out.cls_loss is not None and out.line_loss is not None
+    expected = out.cls_loss + out.line_loss + model.config.lb_coef * out.aux_loss
     torch.testing.assert_close(out.loss, expected)
-    # without labels: no loss
-    assert model(input_ids=input_ids, attention_mask=attention_mask).loss is None
-
-
-def test_padding_does_not_change_a_sequence_score(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    model = build_model(tiny_config(), tokenizer).eval()
-    alone_ids, alone_mask = batch(tokenizer, TEXTS[2:])
-    padded_ids, padded_mask = batch(tokenizer)
-    with torch.no_grad():
-        alone = model(input_ids=alone_ids, attention_mask=alone_mask).logits
-        padded = model(input_ids=padded_ids, attention_mask=padded_mask).logits
-    torch.testing.assert_close(alone[0], padded[2], atol=1e-5, rtol=1e-5)
-
-
-def test_placeholders_are_single_tokens(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    pieces = tokenizer.tokenize("took <dur:1e2ms> from <ip> id <num>")
-    assert "<dur:1e2ms>" in pieces and "<ip>" in pieces and "<num>" in pieces
-
-
-def test_strided_masks_cover_each_token_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    input_ids, attention_mask = batch(tokenizer)
-    never = special_ids(tokenizer)
-    passes = strided_masks(input_ids, attention_mask, never, tokenizer.mask_token_id, 3)
-    covered = torch.stack([(labels != -100).long() for _, labels in passes]).sum(dim=0)
-    special = torch.zeros_like(input_ids, dtype=torch.bool)
-    for i in never:
-        special |= input_ids == i
-    assert torch.equal(covered, (attention_mask.bool() & ~special).long())
-    again = strided_masks(input_ids, attention_mask, never, tokenizer.mask_token_id, 3)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(passes, again, strict=True))
-
-
-def test_line_masks_cover_whole_lines_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    input_ids, attention_mask = batch(tokenizer)
-    never, sep = special_ids(tokenizer), tokenizer.sep_token_id
-    lines = line_index(input_ids, sep)
-    passes = strided_masks(input_ids, attention_mask, never, tokenizer.mask_token_id, 2, sep_id=sep)
-    can = maskable(input_ids, attention_mask, never)
-    covered = torch.stack([(labels != -100).long() for _, labels in passes]).sum(dim=0)
-    assert torch.equal(covered, can.long())  # every maskable token exactly once over the passes
-    for j, (masked, labels) in enumerate(passes):
-        chosen = labels != -100
-        # pass j masks every maskable token of the lines with index % 2 == j, and nothing else
-        assert torch.equal(chosen, can & (lines % 2 == j))
-        assert (masked[chosen] == tokenizer.mask_token_id).all()
-        assert torch.equal(labels[chosen], input_ids[chosen])
-
-
-def test_random_line_masking_masks_whole_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    input_ids, attention_mask = batch(tokenizer)
-    never, sep = special_ids(tokenizer), tokenizer.sep_token_id
-    can = maskable(input_ids, attention_mask, never)
-    lines = line_index(input_ids, sep)
-    gen = torch.Generator().manual_seed(3)
-    drawn = 0
-    for _ in range(20):
-        whole = draw_lines(input_ids, sep, 0.5, gen)
-        assert whole.shape == (input_ids.shape[0], int(lines.max()) + 1)
-        # token probability ~0: what is masked comes from the drawn lines (plus one token per row)
-        _, labels = random_mlm_mask(
-            input_ids, attention_mask, never, tokenizer.mask_token_id, len(tokenizer), 1e-9, gen, whole, sep
-        )
-        chosen = labels != -100
-        for b in range(input_ids.shape[0]):
-            for k in range(int(lines[b].max()) + 1):
-                in_line = can[b] & (lines[b] == k)
-                n = int((chosen[b] & in_line).sum())
-                if whole[b, k]:
-                    assert n == int(in_line.sum())
-                    drawn += 1
-                else:
-                    assert n <= 1
-    assert drawn > 20  # about half of the 9 lines in each of 20 draws
-
-
-def test_line_targets_skip_cut_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    vocab = {"login ok": 0, "checking token": 1}
-    keys = [line_keys(t, " [SEP] ", vocab, len(vocab)) for t in TEXTS]
-    assert keys[2] == [2, 0]  # "auth-service checking token" is not in the vocabulary: other
-    ids = encode_texts(tokenizer, TEXTS, 12)  # the first two texts are cut inside their second line
-    input_ids, _ = pad_batch(ids, tokenizer.pad_token_id)
-    chosen = torch.ones((3, 3), dtype=torch.bool)
-    targets = line_targets(input_ids, keys, tokenizer.sep_token_id, chosen)
-    assert targets[0].tolist() == [keys[0][0], -100, -100]  # only the whole first line keeps a target
-    full = line_targets(pad_batch(encode_texts(tokenizer, TEXTS, 128), 0)[0], keys, tokenizer.sep_token_id, chosen)
-    assert full[2].tolist() == [2, 0, -100]  # two lines only
-    assert (line_targets(input_ids, keys, tokenizer.sep_token_id, ~chosen) == -100).all()
+    assert model(vectors, batch.classes, batch.real).loss is None  # without labels: no loss
+    with pytest.raises(Exception, match="positions"):  # a window longer than the positions is refused
+        model(torch.zeros(1, 17, 32), torch.zeros(1, 17, dtype=torch.long), torch.ones(1, 17, dtype=torch.bool))
 
 
 def test_next_targets_name_the_next_line_then_the_end(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    keys = [[5, 6, 7], [1, 2, 3], [4, 0]]
-    end = 9
-    full, _ = pad_batch(encode_texts(tokenizer, TEXTS, 128), tokenizer.pad_token_id)
-    assert next_targets(full, keys, tokenizer.sep_token_id, end).tolist() == [[6, 7, 9], [2, 3, 9], [0, 9, -100]]
-    cut, _ = pad_batch(encode_texts(tokenizer, TEXTS, 12), tokenizer.pad_token_id)  # cut inside the second line
-    assert next_targets(cut, keys, tokenizer.sep_token_id, end)[:2].tolist() == [[6, -100], [2, -100]]
+    detector = detector_of(tokenizer)
+    end = detector.model.end_class
+    ids = [0, 1, 2]
+    batch = line_batch([(ids, [5, 6, 7], True), (ids[:2], [5, 6], False)], end)
+    assert batch.nxt.tolist() == [[6, 7, end], [6, -100, -100]]  # a window that does not end the sequence: no end
+    assert batch.real.tolist() == [[True, True, True], [True, True, False]]
 
 
-def test_block_causal_attention_hides_later_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    """Forward line modeling: what a line's state predicts depends on that line and the ones before it,
-    never on a later line; the bidirectional rows of the same batch do see later lines."""
-    torch.manual_seed(0)
-    model = build_model(tiny_config(**NEXT_LINE), tokenizer).eval()
-    assert model.next_head is not None
-    texts = ["order-service started [SEP] retry [SEP] disk full", "order-service started [SEP] retry [SEP] login ok"]
-    input_ids, attention_mask = batch(tokenizer, texts)
-    mask = block_causal_mask(input_ids, attention_mask, tokenizer.sep_token_id)  # (2, T, T)
-    lines = line_index(input_ids, tokenizer.sep_token_id)
-    first_sep = int((input_ids[0] == tokenizer.sep_token_id).nonzero()[0])
-    assert mask[0, first_sep].bool().tolist() == (lines[0] == 0).tolist()  # line 0 sees line 0 only
-    targets = torch.tensor([[1, 2, 3], [1, 2, 3]])  # the same targets: NLLs can be compared
+def test_padding_does_not_change_a_sequence_score(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    detector = detector_of(tokenizer)
+    model = detector.model.eval()
     with torch.no_grad():
-        causal = model(input_ids=input_ids, attention_mask=attention_mask, causal_rows=torch.tensor([True, True]),
-                       next_labels=targets)  # fmt: skip
-        both = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.zeros(2))
-    assert causal.next_nll is not None and causal.next_loss is not None
-    torch.testing.assert_close(causal.next_nll[0, :2], causal.next_nll[1, :2])  # lines 0-1 are shared
-    assert not torch.allclose(causal.next_nll[0, 2], causal.next_nll[1, 2])  # line 2 differs
-    assert not torch.allclose(both.pooled[0], both.pooled[1])
+        alone = model(*_args(inputs(detector, FLOWS[2:]))).logits
+        padded = model(*_args(inputs(detector))).logits
+    torch.testing.assert_close(alone[0], padded[2], atol=1e-5, rtol=1e-5)
+
+
+def _args(pair):  # type: ignore[no-untyped-def]
+    vectors, batch = pair
+    return vectors, batch.classes, batch.real
+
+
+def test_causal_attention_hides_later_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    detector = detector_of(tokenizer)
+    model = detector.model.eval()
+    a = [FLOWS[0][0], FLOWS[0][1], FLOWS[0][2]]
+    b = [FLOWS[0][0], FLOWS[0][1], FLOWS[1][0]]  # the last line differs
+    vectors, batch = inputs(detector, [a, b])
+    targets = batch.nxt[:1].repeat(2, 1)  # the same targets for both rows
+    targets[:, 2] = -100
+    with torch.no_grad():
+        causal = model(vectors, batch.classes, batch.real, causal=True, next_labels=targets)
+        full = model(vectors, batch.classes, batch.real, next_labels=targets)
+    assert causal.next_nll is not None and full.next_nll is not None
+    torch.testing.assert_close(causal.next_nll[0, :2], causal.next_nll[1, :2])  # lines 0-1 do not see line 2
+    assert not torch.allclose(full.next_nll[0, :2], full.next_nll[1, :2])  # bidirectional: they do
+
+
+def test_placeholders_are_single_tokens(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    for token in ("<ip>", "<id>", "<dur:1e2ms>", "<num>"):
+        assert len(tokenizer.tokenize(token)) == 1, token
+
+
+def test_line_vectors_encode_each_distinct_line_once() -> None:
+    calls: list[list[str]] = []
+
+    def encode(lines: list[str]) -> torch.Tensor:
+        calls.append(list(lines))
+        return torch.tensor([[float(len(line)), 1.0] for line in lines])
+
+    cache = LineVectors(encode, dim=2, max_lines=4, batch_size=2)
+    ids = cache.ids(["aa", "b", "aa", "ccc"])
+    assert ids[0] == ids[2] and len(set(ids)) == 3 and len(cache) == 3
+    assert sorted(x for c in calls for x in c) == ["aa", "b", "ccc"]  # each distinct line once
+    assert cache.table[ids[3]].tolist() == [3.0, 1.0]
+    calls.clear()
+    assert cache.ids(["b", "aa"]) == [ids[1], ids[0]] and calls == []  # cached: nothing encoded
+    again = cache.ids(["dd", "eee"])  # over the cap: a fresh table, still right
+    assert [cache.table[i][0].item() for i in again] == [2.0, 3.0] and len(cache) == 2
+
+
+@pytest.mark.parametrize(("length", "size"), [(1, 16), (16, 16), (17, 16), (40, 16), (1000, 16), (513, 512)])
+def test_windows_score_every_line_once_with_context(length: int, size: int) -> None:
+    starts = window_starts(length, size)
+    owner = window_owner(length, starts, size)
+    assert starts[0] == 0 and starts[-1] + size >= length and all(s + size <= max(length, size) for s in starts)
+    for i, w in enumerate(owner):
+        assert starts[w] <= i < starts[w] + size  # the owner shows the line
+        assert i - starts[w] >= min(i, size // 2) - 1 or w == 0  # with context before it
+        if i + 1 < length:
+            assert starts[owner[i + 1]] <= i  # the owner of the next line shows this one (forward modeling)
 
 
 def test_loss_falls_on_a_toy_set(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    model = build_model(tiny_config(), tokenizer)
-    texts = [*TEXTS, "auth-service checking token [SEP] ERROR login failed [SEP] ERROR account locked"]
-    input_ids, attention_mask = batch(tokenizer, texts)
-    labels = torch.tensor([0.0, 0.0, 0.0, 1.0])
-    never = special_ids(tokenizer)
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    detector = detector_of(tokenizer)
+    model = detector.model
+    vectors, batch = inputs(detector)
+    labels = torch.tensor([0.0, 1.0, 0.0])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
     losses = []
-    for step in range(40):
-        masked, mlm_labels = random_mlm_mask(
-            input_ids, attention_mask, never, tokenizer.mask_token_id, len(tokenizer), 0.3, gen
-        )
-        out = model(input_ids=masked, attention_mask=attention_mask, labels=labels, mlm_labels=mlm_labels,
-                    moe_mode="dense" if step < 20 else "top_p")  # fmt: skip
+    for _ in range(30):
+        out = model(vectors, batch.classes, batch.real, labels=labels, causal=True, next_labels=batch.nxt)
         assert out.loss is not None
         out.loss.backward()
         opt.step()
         opt.zero_grad()
         losses.append(out.loss.item())
-    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
-    model.eval()
-    with torch.no_grad():
-        scores = model(input_ids=input_ids, attention_mask=attention_mask).scores
-    assert scores[3] > scores[:3].max()
-
-
-def test_freeze_lower_layers(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    model = build_model(tiny_config(freeze_layers=1), tokenizer)
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert any(n.startswith("encoder.embeddings.") for n in frozen)
-    assert any(n.startswith("encoder.encoder.layer.0.") for n in frozen)
-    assert not any(n.startswith("encoder.encoder.layer.1.") for n in frozen)
-    assert not any(n.startswith(("moe.", "head.", "mlm_head.")) for n in frozen)
-
-
-# ----------------------------------------------------------------------------- save / load
+    assert losses[-1] < 0.5 * losses[0]
+    assert not any(p.requires_grad for p in model.encoder.parameters())  # the line encoder stays frozen
 
 
 def test_config_json_roundtrip(tmp_path: Path) -> None:
-    cfg = tiny_config(pooling="attention", top_p=0.7)
-    cfg.to_json_file(tmp_path / "c.json")
-    again = DetectorConfig.from_json_file(tmp_path / "c.json")
-    assert again == cfg
-    assert json.loads((tmp_path / "c.json").read_text())["top_p"] == 0.7
-    with pytest.raises(ValueError):
+    config = tiny_config(top_p=0.7, num_experts=3)
+    config.to_json_file(tmp_path / "config.json")
+    loaded = DetectorConfig.from_json_file(tmp_path / "config.json")
+    assert loaded.to_dict() == config.to_dict()
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["future_field"] = 1
+    assert DetectorConfig.from_dict(data).extra["future_field"] == 1
+    with pytest.raises(ValueError, match="top_p"):
         DetectorConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="max_lines"):
+        DetectorConfig(max_lines=7)
 
 
-LINE_VOCAB = {"recon_masking": "lines", "mlm_line_probability": 0.25, "line_vocab": ["order-service started", "retry"]}
-NEXT_LINE = {**LINE_VOCAB, "next_line": True}
-
-
-@pytest.mark.parametrize("masking", [{}, LINE_VOCAB, NEXT_LINE], ids=["tokens", "lines", "lines+next"])
-def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path, masking: dict) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    model = build_model(tiny_config(pooling="attention", **masking), tokenizer).eval()
-    assert (model.line_head is not None) == bool(masking)
-    bank = torch.randn(20, 32)
-    calibration = Calibration(
-        mode="unsupervised",
-        fused=True,
-        weights={"head": 0.2, "knn": 0.5, "recon": 0.3},
-        threshold=0.4,
-        stats={"head": ScoreStats(0.1, 0.5, 3.0), "knn": ScoreStats(0.5, 0.1, 3.0), "recon": ScoreStats(9.0, 0.5, 3)},
-        knn_k=3,
-    )
-    detector = MoEBertDetector(model, tokenizer, calibration=calibration, bank=bank)
-    sequences = [["2024-01-01 10:00:00 INFO order-service started", "took 12 ms"], ["ERROR disk full", "retry"]]
+def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    detector = detector_of(tokenizer)
+    calib = [FLOWS[i % 3] for i in range(12)]
+    detector.fit_line_baseline(calib)
+    detector.bank = torch.as_tensor(detector.line_scores(calib, recon=False).pooled)
+    raw = detector.raw_from_lines(calib)
+    detector.calibration = Calibration(
+        mode="unsupervised", fused=True, weights={"head": 0.2, "knn": 0.3, "recon": 0.5}, threshold=0.6,
+        stats={c: ScoreStats.robust(raw[c]) for c in ("head", "knn", "recon")},
+        line_baseline=detector.calibration.line_baseline, line_scale=detector.calibration.line_scale,
+        next_baseline=detector.calibration.next_baseline, next_scale=detector.calibration.next_scale,
+    )  # fmt: skip
+    sequences = [["order-service request 7 received from 10.0.0.1", "order created"], ["login ok"], []]
     before = detector.score(sequences)
-    path = detector.save_pretrained(tmp_path / "det")
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "normalizer.json", "calibration.json",
-                 "embedding_bank.safetensors"):  # fmt: skip
-        assert (path / name).exists(), name
+    path = detector.save_pretrained(tmp_path / "artifact")
     loaded = MoEBertDetector.from_pretrained(path)
-    after = loaded.score(sequences)
-    np.testing.assert_array_equal(before, after)
-    assert ((after >= 0) & (after <= 1)).all()
-    assert loaded.version.startswith("moebert-") and loaded.version == detector.version
-    assert loaded.threshold == 0.4
-    assert loaded.embed(sequences).shape == (2, 32)
-    contributions = loaded.line_contributions(sequences[1])
-    assert len(contributions) == 2 and all(np.isfinite(contributions))
-    assert isinstance(MoEBertForLogAnomaly.from_pretrained(path), MoEBertForLogAnomaly)
-    assert loaded.config.line_vocab == model.config.line_vocab
-    raw = loaded.raw_scores(sequences)
-    assert raw["recon"].shape == (2,) and (raw["recon"] > 0).all()
-    assert loaded.raw_from_texts([], ["head", "knn", "recon"])["recon"].shape == (0,)  # nothing to score
-    if masking.get("next_line"):  # the worst of masked and forward line modeling
-        np.testing.assert_array_equal(raw["recon"], np.maximum(raw["recon:lines"], raw["recon:next"]))
+    np.testing.assert_allclose(loaded.score(sequences), before, rtol=1e-6, atol=1e-7)
+    assert loaded.version == detector.version and loaded.version.startswith("moebert-")
+    assert loaded.threshold == 0.6 and loaded.mode == "unsupervised"
+    raw = loaded.raw_from_lines([["login ok"]])
+    np.testing.assert_array_equal(raw["recon"], np.maximum(raw["recon:lines"], raw["recon:next"]))
+    (path / "calibration.json").write_text('{"no_such_field": 1}')
+    with pytest.raises(Exception, match="calibration"):
+        MoEBertDetector.from_pretrained(path)
 
 
 def test_line_baseline_pools_the_rare_lines(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    """Classes seen often get their own mean and spread; rare vocabulary lines share the stats of all
-    their occurrences; a line outside the vocabulary keeps its raw NLL (baseline 0, scale 1)."""
-    torch.manual_seed(0)
-    vocab = ["flow starts", "step one", "step two", "flow ends", "gc pause", "health check", "cache warm"]
-    model = build_model(tiny_config(recon_masking="lines", mlm_line_probability=0.25, line_vocab=vocab,
-                                    next_line=True), tokenizer).eval()  # fmt: skip
-    common = ["flow starts", "step one", "step two", "flow ends"]
-    texts = [" [SEP] ".join([*common[:2], f"variant {i}", *common[2:]]) for i in range(2)]  # "variant": other
-    texts += [
-        " [SEP] ".join([*common[:k], rare, *common[k:]])
-        for k, rare in ((1, "gc pause"), (3, "health check"), (2, "gc pause"))
-    ]
-    detector = MoEBertDetector(model, tokenizer)
-    notes = detector.fit_line_baseline(texts, min_count=3)
+    detector = detector_of(tokenizer)
+    common, rare = FLOWS[0], FLOWS[2]
+    detector.fit_line_baseline([common] * 6 + [rare] * 2, min_count=3)  # each rare line twice: pooled
     cal = detector.calibration
-    assert cal.line_baseline is not None and cal.line_scale is not None and cal.next_baseline is not None
-    assert notes["line_baseline_classes"] == 4 and notes["line_rare_pooled"] == 3  # gc pause twice, health check
-    input_ids, attention_mask = batch(tokenizer, texts)
-    with torch.no_grad():
-        nll, classes = detector._line_nll(input_ids, attention_mask, texts)
-    rare = (classes == 4) | (classes == 5)
-    pooled = nll[rare]
-    gc, health, never, other = 4, 5, 6, len(vocab)
-    for c in (gc, health, never):  # "cache warm" never occurs: the pooled stats too
-        assert cal.line_baseline[c] == pytest.approx(float(pooled.mean()), abs=1e-4)
-        assert cal.line_scale[c] == pytest.approx(float(pooled.std(unbiased=False)) + 0.5, abs=1e-4)
-    assert (cal.line_baseline[other], cal.line_scale[other]) == (0.0, 1.0)  # seen twice, not pooled
-    assert cal.line_baseline[0] == pytest.approx(float(nll[classes == 0].mean()), abs=1e-4)
-    assert len(cal.next_baseline) == len(vocab) + 2  # the next line's classes: vocabulary, other, end
+    assert cal.line_baseline is not None and cal.line_scale is not None and cal.next_scale is not None
+    c = detector.line_classes(common + rare)
+    other = len(VOCAB)
+    for k in c[:3]:
+        assert cal.line_scale[k] >= 0.5  # its own stats (std + 0.5)
+    assert cal.line_baseline[c[3]] == cal.line_baseline[c[4]] != 0.0  # rare lines share pooled stats
+    assert cal.line_baseline[other] == 0.0 and cal.line_scale[other] == 1.0  # other keeps its raw NLL
+    assert len(cal.next_baseline or []) == other + 2  # the next head's classes end with the end
 
 
-def test_line_head_nll_covers_each_line_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    model = build_model(tiny_config(**LINE_VOCAB), tokenizer).eval()
-    input_ids, attention_mask = batch(tokenizer)
-    targets = torch.tensor([[0, 1, 2], [2, 1, 0], [0, 1, -100]])  # the third text has two lines
-    with torch.no_grad():
-        out = model(input_ids=input_ids, attention_mask=attention_mask, line_labels=targets)
-    assert out.line_nll is not None and out.line_nll.shape == (3, 3)
-    assert ((out.line_nll > 0) == (targets != -100)).all()
-    assert out.line_loss is not None and out.loss is not None
-    torch.testing.assert_close(out.line_loss, out.line_nll[targets != -100].mean())
+def test_line_scores_cover_every_line_of_a_long_sequence_once(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    detector = detector_of(tokenizer)  # 16 positions: a 100-line sequence takes 12 windows
+    long = [FLOWS[i % 3][i % 2] for i in range(100)]
+    scores = detector.line_scores([long, FLOWS[0], long])
+    assert [len(x) for x in scores.line_nll] == [100, 3, 100]
+    assert all((x > 0).all() for x in scores.line_nll) and all((x > 0).all() for x in scores.next_nll)
+    assert scores.next_cls[0][-1] == detector.model.end_class  # the end after the last line is scored
+    np.testing.assert_array_equal(scores.line_nll[0], scores.line_nll[2])  # deterministic
+    assert len(detector.line_contributions(long)) == 100
 
 
 def test_best_f1_threshold_and_risk_levels() -> None:

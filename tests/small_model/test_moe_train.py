@@ -23,6 +23,8 @@ TINY = {
     "scratch_hidden": 48,
     "scratch_heads": 2,
     "scratch_intermediate": 96,
+    "seq_heads": 2,
+    "seq_intermediate": 96,
     "expert_hidden": 48,
     "head_hidden": 16,
     "precision": "fp32",
@@ -97,7 +99,7 @@ def write(path: Path, rows: list[dict[str, Any]]) -> Path:
 def tiny_args(tmp: Path, **overrides: Any) -> TrainArgs:
     base: dict[str, Any] = dict(
         train_file=tmp / "train.json", output_dir=tmp / "artifact", encoder="mini-scratch", threads=1,
-        progress=False, batch_size=16, epochs=1.0, mlm_epochs=2.0, lr=1e-3, head_lr=2e-3, max_length=128,
+        progress=False, batch_size=16, epochs=1.0, mlm_epochs=4.0, lr=2e-3, seq_hidden=48, min_steps=1,
         extra=dict(TINY),
     )  # fmt: skip
     base.update(overrides)
@@ -133,7 +135,7 @@ def test_label_free_ranks_injected_anomalies_above_normal(label_free_artifact) -
     assert metrics["test"]["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert metrics["mode"] == "unsupervised" and metrics["seconds"]["train_total"] > 0
     assert len(metrics["expert_usage"]["dispatch_share"]) == 4
-    assert set(metrics["history"]) == {"mlm-stage1-dense", "mlm-stage2-topp", "oneclass-head"}
+    assert set(metrics["history"]) == {"lines-stage1-dense", "lines-stage2-topp", "oneclass-head"}
     # scores are reproducible (deterministic masking for the reconstruction score)
     np.testing.assert_array_equal(scores, detector.score([r["log_entries"] for r in test]))
 
@@ -194,16 +196,16 @@ def test_bad_data_fails_with_a_clear_message_before_training(tmp_path: Path) -> 
 
 
 def test_cli_flags_map_onto_train_args() -> None:
-    args = parse_args(["--train", "t.json", "--out", "o", "--unsupervised", "--epochs", "2", "--max-length", "64"])
-    assert args.unsupervised and args.epochs == 2.0 and args.max_length == 64
+    args = parse_args(["--train", "t.json", "--out", "o", "--unsupervised", "--epochs", "2", "--max-lines", "64"])
+    assert args.unsupervised and args.epochs == 2.0 and args.max_lines == 64
     assert args.train_file == Path("t.json") and args.output_dir == Path("o")
     assert args.head_epochs == 2.0
-    defaults = parse_args(["--train", "t.json", "--mlm-line-probability", "0.4", "--recon-masking", "tokens"])
+    defaults = parse_args(["--train", "t.json", "--mask-probability", "0.4", "--top-p", "0.6"])
     assert defaults.epochs is None and defaults.head_epochs == 1.0  # supervised default
-    assert parse_args(["--train", "t.json", "--unsupervised"]).head_epochs == 0.3  # label-free default
-    assert defaults.mlm_line_probability == 0.4 and defaults.recon_masking == "tokens"
+    assert parse_args(["--train", "t.json", "--unsupervised"]).head_epochs == 0.5  # label-free default
     config = detector_config(defaults)
-    assert config.mlm_line_probability == 0.4 and config.recon_masking == "tokens"
+    assert config.mask_probability == 0.4 and config.top_p == 0.6
+    assert defaults.steps(10.0, 32) == defaults.min_steps and defaults.steps(1e6, 1e6) == defaults.max_steps
 
 
 def swapped_lines(rng: random.Random) -> list[str]:
@@ -215,12 +217,12 @@ def swapped_lines(rng: random.Random) -> list[str]:
 
 
 def test_forward_line_modeling_ranks_steps_out_of_order(tmp_path: Path) -> None:
-    """Each line's next line predicted from the lines before it (block-causal attention): two steps of
+    """Each line's next line predicted from the lines before it (causal attention): two steps of
     a flow swapped score above normal flows, though every line of them is a normal line."""
     write(tmp_path / "train.json", records(320, 0.0, 1, "tr"))
     path = train_detector(tiny_args(tmp_path, unsupervised=True, mlm_epochs=12.0, epochs=0.1))
     detector = MoEBertDetector.from_pretrained(path)
-    assert detector.model.next_head is not None and detector.calibration.next_baseline
+    assert detector.calibration.next_baseline
     rng = random.Random(11)
     raw = detector.raw_scores([normal_lines(rng) for _ in range(60)] + [swapped_lines(rng) for _ in range(60)])
     labels = np.r_[np.zeros(60), np.ones(60)]
