@@ -1,5 +1,5 @@
 """What each part of a detector's score catches: ROC-AUC of every raw component and reconstruction part
-(``recon:lines`` masked line modeling, ``recon:next`` forward line modeling, the end included), and the share of each
+(``lines`` masked line modeling, ``next`` forward line modeling with the end, ``recon`` the worse of the two), and the share of each
 anomaly type above the part's 97th percentile of normal scores (a 3% false-positive rate).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/detector_parts.py runs/detector-eval3/moe-supervised/model \\
@@ -39,7 +39,7 @@ def main() -> int:
     keyword = sorted({t for t in types[y == 1] if t not in TYPES})
     print(f"{args.model} on {args.data} ({len(y)} sequences, {int(y.sum())} anomalous); flagged at {args.fpr:.0%} FPR")
     print(f"{'part':<14}{'ROC-AUC':>8}" + "".join(f"{t[:12]:>14}" for t in (*TYPES, "keyword types")))
-    for name in ("head", "knn", "recon", "recon:lines", "recon:next"):
+    for name in ("head", "knn", "lines", "next", "recon"):
         if name not in raw:
             continue
         v = raw[name]

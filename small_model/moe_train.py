@@ -86,7 +86,7 @@ class TrainArgs:
     line_vocab_max: int = 4096  # the line heads' classes: the most frequent normalized training lines
     # schedule
     epochs: float | None = None  # head phase; None: 1.0 supervised (BCE), 0.5 label-free (one-class)
-    mlm_epochs: float = 10.0  # masked + forward line modeling, both stages together
+    mlm_epochs: float = 30.0  # masked + forward line modeling, both stages together
     min_steps: int = 400  # at least this many steps of line modeling (small data sets)
     max_steps: int = 3000  # at most this many (large ones: the time budget)
     dense_fraction: float = 0.5  # share of line modeling steps in stage 1 (dense experts)
@@ -434,21 +434,21 @@ def calibrate(
     cal = detector.calibration
     baseline_notes = detector.fit_line_baseline(calib_lines)
     raw_calib = detector.raw_from_lines(calib_lines, COMPONENTS)
-    cal.stats = {c: ScoreStats.robust(raw_calib[c]) for c in COMPONENTS}
+    cal.stats = {c: ScoreStats.robust(raw_calib[c]) for c in (*COMPONENTS, "recon")}
     notes: dict[str, Any] = {"bank_size": len(bank_lines), "calib_size": len(calib_lines), **baseline_notes}
     labeled = val is not None and len({y for y in val.labels if y is not None}) == 2
     if val is not None and labeled:
         keep = [i for i, y in enumerate(val.labels) if y is not None]
         raw_val = detector.raw_from_lines([val.lines[i] for i in keep], COMPONENTS)
         y = np.array([val.labels[i] for i in keep])
-        for c in (*COMPONENTS, "recon:lines", "recon:next"):
+        for c in (*COMPONENTS, "recon"):
             notes[f"val_auc_{c}"] = classification_metrics(y, raw_val[c], 0.0)["roc_auc"]
         weights, threshold, objective = calibrate_fusion(raw_val, y, cal.stats)
         cal.weights, cal.threshold, cal.threshold_source = weights, threshold, "validation"
         cal.fused = True
         notes["objective"] = objective
     elif cal.mode == "supervised":
-        cal.weights = {"head": 1.0, "knn": 0.0, "recon": 0.0}
+        cal.weights = {c: float(c == "head") for c in COMPONENTS}
         cal.threshold, cal.threshold_source, cal.fused = 0.5, "default", False
     else:
         cal.fused = True

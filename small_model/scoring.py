@@ -41,7 +41,10 @@ from small_model.modeling import CONFIG_NAME, WEIGHTS_NAME, MoEBertForLogAnomaly
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ("head", "knn", "recon")
+# the fused parts: the anomaly head, the kNN distance, and the two reconstruction parts (masked line
+# modeling and forward line modeling); ``recon`` (the worst of the two) is reported, never fused
+COMPONENTS = ("head", "knn", "lines", "next")
+RECON_PARTS = ("lines", "next")
 CALIBRATION_NAME = "calibration.json"
 NORMALIZER_NAME = "normalizer.json"
 BANK_NAME = "embedding_bank.safetensors"
@@ -91,7 +94,7 @@ class Calibration:
 
     mode: Literal["supervised", "unsupervised"] = "supervised"  # the training track
     fused: bool = False  # False: the score is the head's probability; True: the normalized fusion
-    weights: dict[str, float] = field(default_factory=lambda: {"head": 1.0, "knn": 0.0, "recon": 0.0})
+    weights: dict[str, float] = field(default_factory=lambda: {c: float(c == "head") for c in COMPONENTS})
     threshold: float = 0.5
     threshold_source: str = "default"  # validation | contamination | default
     stats: dict[str, ScoreStats] = field(default_factory=dict)
@@ -192,6 +195,8 @@ def calibrate_fusion(
 ) -> tuple[dict[str, float], float, float]:
     """Grid-search weights on the simplex (maximizing ROC-AUC + best F1) and the best-F1 threshold.
 
+    Ties (validation sets that several mixtures separate equally well) go to the mixture of the fewest
+    parts, then to the most balanced one: a part earns its weight only by what it adds on validation.
     Returns ``(weights, threshold, objective)``.
     """
     from sklearn.metrics import roc_auc_score
@@ -200,21 +205,19 @@ def calibrate_fusion(
     normed = {c: stats[c].apply(raw[c]) for c in COMPONENTS if c in raw and c in stats}
     names = list(normed)
     ticks = round(1 / step)
-    best: tuple[float, dict[str, float], float] = (-1.0, {}, 0.5)
-    grid = _simplex(len(names), ticks)
-    for point in grid:
+    best: tuple[tuple[float, int, float], dict[str, float], float] = ((-1.0, 0, 0.0), {}, 0.5)
+    for point in _simplex(len(names), ticks):
         w = {c: p / ticks for c, p in zip(names, point, strict=True)}
         fused = sum(w[c] * normed[c] for c in names)
         assert isinstance(fused, np.ndarray)
         thr, f1 = best_f1_threshold(y, fused)
-        objective = roc_auc_score(y, fused) + f1
-        # prefer balanced weights on ties: a tiny bonus for the entropy of the weights
+        objective = round(float(roc_auc_score(y, fused) + f1), 9)
         entropy = -sum(v * math.log(v) for v in w.values() if v > 0)
-        objective += 1e-4 * entropy
-        if objective > best[0]:
-            best = (objective, w, thr)
-    objective, weights, threshold = best
-    return {c: float(weights.get(c, 0.0)) for c in COMPONENTS}, float(threshold), float(objective)
+        key = (objective, -sum(v > 0 for v in w.values()), entropy)
+        if key > best[0]:
+            best = (key, w, thr)
+    key, weights, threshold = best
+    return {c: float(weights.get(c, 0.0)) for c in COMPONENTS}, float(threshold), float(key[0])
 
 
 def _simplex(dims: int, ticks: int) -> list[tuple[int, ...]]:
@@ -518,11 +521,12 @@ class MoEBertDetector:
     def raw_from_lines(
         self, sequences: Sequence[Sequence[str]], components: Sequence[str] = COMPONENTS
     ) -> dict[str, np.ndarray]:
-        """Raw component scores (``head`` as a logit, ``knn``, ``recon`` and its parts ``recon:lines``,
-        ``recon:next``) and the ``pooled`` embeddings of normalized sequences."""
-        scores = self.line_scores(sequences, recon="recon" in components)
+        """Raw component scores (``head`` as a logit, ``knn``, the reconstruction parts ``lines`` and ``next``
+        and their worst ``recon``) and the ``pooled`` embeddings of normalized sequences."""
+        recon = any(c in components for c in (*RECON_PARTS, "recon"))
+        scores = self.line_scores(sequences, recon=recon)
         result: dict[str, np.ndarray] = {"head": scores.head, "pooled": scores.pooled}
-        if "recon" in components:
+        if recon:
             lines = [
                 self._standardized(n, c, "line").max(initial=-1e6)
                 for n, c in zip(scores.line_nll, scores.line_cls, strict=True)
@@ -531,9 +535,9 @@ class MoEBertDetector:
                 self._standardized(n, c, "next").max(initial=-1e6)
                 for n, c in zip(scores.next_nll, scores.next_cls, strict=True)
             ]
-            result["recon:lines"] = np.asarray(lines, dtype=np.float64)
-            result["recon:next"] = np.asarray(nexts, dtype=np.float64)
-            result["recon"] = np.maximum(result["recon:lines"], result["recon:next"])
+            result["lines"] = np.asarray(lines, dtype=np.float64)
+            result["next"] = np.asarray(nexts, dtype=np.float64)
+            result["recon"] = np.maximum(result["lines"], result["next"])
         if "knn" in components and self.bank is not None:
             result["knn"] = knn_distance(scores.pooled, self.bank, self.calibration.knn_k)
         return result
@@ -577,7 +581,8 @@ class MoEBertDetector:
         return notes
 
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
-        """Raw component scores (``head``, ``knn``, ``recon``) and ``pooled`` embeddings of raw sequences."""
+        """Raw component scores (``head``, ``knn``, ``lines``, ``next``, ``recon``) and ``pooled`` embeddings of
+        raw sequences."""
         components = [*self.calibration.active(), "head"] if self.calibration.fused else ["head"]
         return self.raw_from_lines(self.normalize(sequences), components)
 
@@ -611,7 +616,7 @@ class MoEBertDetector:
         if not kept:
             return [0.0] * len(lines)
         per = self.line_surprise(self.line_scores([[normalized[i] for i in kept]]))[0]
-        stats = self.calibration.stats.get("recon", ScoreStats())
+        stats = self.calibration.stats.get("recon", ScoreStats())  # the worst part's normalization
         out = [0.0] * len(lines)
         for i, v in zip(kept, stats.apply(per), strict=True):
             out[i] = float(v)

@@ -24,6 +24,7 @@ from small_model.scoring import (
     MoEBertDetector,
     ScoreStats,
     best_f1_threshold,
+    calibrate_fusion,
     line_batch,
     risk_level,
 )
@@ -308,8 +309,8 @@ def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path) -> Non
     detector.bank = torch.as_tensor(detector.line_scores(calib, recon=False).pooled)
     raw = detector.raw_from_lines(calib)
     detector.calibration = Calibration(
-        mode="unsupervised", fused=True, weights={"head": 0.2, "knn": 0.3, "recon": 0.5}, threshold=0.6,
-        stats={c: ScoreStats.robust(raw[c]) for c in ("head", "knn", "recon")},
+        mode="unsupervised", fused=True, weights={"head": 0.2, "knn": 0.3, "lines": 0.2, "next": 0.3}, threshold=0.6,
+        stats={c: ScoreStats.robust(raw[c]) for c in ("head", "knn", "lines", "next")},
         line_baseline=detector.calibration.line_baseline, line_scale=detector.calibration.line_scale,
         next_baseline=detector.calibration.next_baseline, next_scale=detector.calibration.next_scale,
     )  # fmt: skip
@@ -321,7 +322,7 @@ def test_save_then_load_gives_identical_scores(tokenizer, tmp_path: Path) -> Non
     assert loaded.version == detector.version and loaded.version.startswith("moebert-")
     assert loaded.threshold == 0.6 and loaded.mode == "unsupervised"
     raw = loaded.raw_from_lines([["login ok"]])
-    np.testing.assert_array_equal(raw["recon"], np.maximum(raw["recon:lines"], raw["recon:next"]))
+    np.testing.assert_array_equal(raw["recon"], np.maximum(raw["lines"], raw["next"]))
     (path / "calibration.json").write_text('{"no_such_field": 1}')
     with pytest.raises(Exception, match="calibration"):
         MoEBertDetector.from_pretrained(path)
@@ -360,3 +361,24 @@ def test_best_f1_threshold_and_risk_levels() -> None:
     assert risk_level(0.7, 0.5) == "medium"
     assert risk_level(0.4, 0.5) == "low"
     assert risk_level(0.9, 0.95) == "low"
+
+
+def test_fusion_gives_weight_only_to_parts_that_add_something() -> None:
+    """A part that separates validation alone keeps all the weight; mixing in a weaker part (ties on
+    validation) is not preferred; a part that adds what the others miss gets its weight."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(100), np.ones(50)].astype(int)
+    perfect = np.r_[rng.normal(0, 1, 100), rng.normal(10, 1, 50)]
+    noise = rng.normal(0, 1, 150)
+    raw = {"head": noise, "knn": noise.copy(), "lines": noise.copy(), "next": perfect}
+    stats = {c: ScoreStats.robust(v[:100]) for c, v in raw.items()}
+    weights, threshold, objective = calibrate_fusion(raw, y, stats)
+    assert 0 < threshold < 1
+    assert weights == {"head": 0.0, "knn": 0.0, "lines": 0.0, "next": 1.0} and objective == pytest.approx(2.0)
+    # two halves of the anomalies, each seen by one part: both parts get weight
+    half = np.r_[rng.normal(0, 1, 100), rng.normal(10, 1, 25), rng.normal(0, 1, 25)]
+    other = np.r_[rng.normal(0, 1, 100), rng.normal(0, 1, 25), rng.normal(10, 1, 25)]
+    raw = {"head": noise, "knn": noise.copy(), "lines": half, "next": other}
+    stats = {c: ScoreStats.robust(v[:100]) for c, v in raw.items()}
+    weights, _, _ = calibrate_fusion(raw, y, stats)
+    assert weights["lines"] > 0 and weights["next"] > 0 and weights["head"] == weights["knn"] == 0.0

@@ -125,7 +125,7 @@ def test_label_free_ranks_injected_anomalies_above_normal(label_free_artifact) -
     detector = MoEBertDetector.from_pretrained(path)
     assert detector.mode == "unsupervised"
     weights = detector.calibration.weights
-    assert set(weights) == {"head", "knn", "recon"} and sum(weights.values()) == pytest.approx(1.0)
+    assert set(weights) == {"head", "knn", "lines", "next"} and sum(weights.values()) == pytest.approx(1.0)
     scores = detector.score([r["log_entries"] for r in test])
     labels = np.array([r["label"] for r in test])
     assert ((scores >= 0) & (scores <= 1)).all()
@@ -226,5 +226,5 @@ def test_forward_line_modeling_ranks_steps_out_of_order(tmp_path: Path) -> None:
     rng = random.Random(11)
     raw = detector.raw_scores([normal_lines(rng) for _ in range(60)] + [swapped_lines(rng) for _ in range(60)])
     labels = np.r_[np.zeros(60), np.ones(60)]
-    assert roc_auc_score(labels, raw["recon:next"]) > 0.85  # 0.94 when written
-    np.testing.assert_array_equal(raw["recon"], np.maximum(raw["recon:lines"], raw["recon:next"]))
+    assert roc_auc_score(labels, raw["next"]) > 0.85  # 0.94 when written
+    np.testing.assert_array_equal(raw["recon"], np.maximum(raw["lines"], raw["next"]))
