@@ -7,12 +7,13 @@
 Each distinct normalized line is encoded once (``detector.vectors`` caches its vector); the sequence
 model runs over the line vectors, in overlapping windows when a sequence is longer than its positions,
 so every line of a session of any length is scored. Supervised artifacts score with the anomaly head
-alone (a probability). Calibrated artifacts fuse three scores, each mapped to [0, 1] by a robust z-score
-against held-out normal sequences: the head, the cosine kNN distance of the pooled embedding to a bank
-of training embeddings, and the reconstruction score: the worst line of two line models, each line's
-NLL standardized per line class on held-out normal sequences: masked line modeling (each line masked
-in turn, named from all the others) and forward line modeling (each line, and the end of the
-sequence, named from the lines before it: a session that stops early scores its missing end).
+alone (a probability). Calibrated artifacts fuse four scores with weights fitted on validation data,
+each mapped to [0, 1] by a robust z-score against held-out normal sequences: the head, the cosine kNN
+distance of the pooled embedding to a bank of training embeddings, and the two reconstruction parts,
+each the most surprising line of a line model (a line's surprise: the smaller of its NLL and its NLL
+standardized per line class on held-out normal sequences): masked line modeling (``lines``: each line
+masked in turn, named from all the others) and forward line modeling (``next``: each line, and the
+end of the sequence, named from the lines before it: a session that stops early scores its missing end).
 """
 
 from __future__ import annotations
@@ -495,15 +496,20 @@ class MoEBertDetector:
         return result
 
     def _standardized(self, nll: np.ndarray, classes: np.ndarray, kind: Literal["line", "next"]) -> np.ndarray:
-        """Per line its NLL above its class's baseline on normal sequences, in units of its spread."""
+        """Per line its surprise: the smaller of its NLL (nats) and its NLL standardized by its class's NLLs on
+        normal sequences. A line counts as surprising only when it is both improbable and more so than its
+        class usually is: a line that is unpredictable by nature (a background event at a random place)
+        stays low, and so does a rare but plausible turn of a line that is otherwise always predicted
+        exactly (whose spread on normal data is near zero)."""
         cal = self.calibration
         baseline, scale = (cal.line_baseline, cal.line_scale) if kind == "line" else (cal.next_baseline, cal.next_scale)
-        z = np.asarray(nll, dtype=np.float64)
+        raw = np.asarray(nll, dtype=np.float64)
+        z = raw
         if baseline:
             z = z - np.asarray(baseline)[classes]
         if scale:
             z = z / np.asarray(scale)[classes]
-        return z
+        return np.minimum(raw, z)
 
     def line_surprise(self, scores: LineScores) -> list[np.ndarray]:
         """Per sequence and line: the worst standardized NLL that concerns the line (masked, as the successor
