@@ -25,7 +25,7 @@ class LineVectors:
     """
 
     def __init__(
-        self, encode: Callable[[list[str]], torch.Tensor], dim: int, max_lines: int = 200_000, batch_size: int = 256
+        self, encode: Callable[[list[str]], torch.Tensor], dim: int, max_lines: int = 50_000, batch_size: int = 256
     ) -> None:
         self.encode, self.dim, self.max_lines, self.batch_size = encode, dim, max_lines, batch_size
         self.rows: dict[str, int] = {}

@@ -542,6 +542,8 @@ def train_detector(args: TrainArgs) -> Path:
     tokenizer = build_tokenizer(config)
     model = build_model(config, tokenizer).to(args.device)
     detector = MoEBertDetector(model, tokenizer, normalizer)
+    # training keeps the rows of its sequences for the whole run: the line cache never starts afresh
+    cache_limit, detector.vectors.max_lines = detector.vectors.max_lines, sys.maxsize
     batcher = Batcher(detector, rng, gen)
     t_enc = time.perf_counter()
     normal = batcher.encode(normal_lines)
@@ -565,6 +567,7 @@ def train_detector(args: TrainArgs) -> Path:
         supervised_phase(batcher, labeled, args, rng, history)
     t_head = time.perf_counter()
     model.eval()
+    detector.vectors.max_lines = cache_limit
 
     cal = detector.calibration
     cal.mode = "unsupervised" if args.unsupervised else "supervised"

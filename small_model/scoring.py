@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -322,6 +323,8 @@ class MoEBertDetector:
         self.batch_size = batch_size
         self._line_map = {line: i for i, line in enumerate(model.config.line_vocab or [])}
         self.vectors = LineVectors(self._encode_lines, int(model.config.line_dim or 0))
+        # the service scores from worker threads: the line cache and its table change together
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------------- properties
 
@@ -409,12 +412,21 @@ class MoEBertDetector:
         other = len(self._line_map)
         return [self._line_map.get(line, other) for line in lines]
 
-    def _prepare(self, lines: Sequence[str]) -> _Prepared:
+    def _prepare(self, sequences: Sequence[Sequence[str]]) -> list[_Prepared]:
+        """Line-table rows, classes and windows of each sequence; the rows of all lines in one cache call,
+        so that a cache that starts afresh on the way keeps every row of this call valid."""
         size = int(self.config.max_lines)
-        starts = window_starts(len(lines), size)
-        return _Prepared(
-            self.vectors.ids(lines), self.line_classes(lines), starts, window_owner(len(lines), starts, size)
-        )
+        ids = self.vectors.ids([line for seq in sequences for line in seq])
+        out, pos = [], 0
+        for seq in sequences:
+            starts = window_starts(len(seq), size)
+            out.append(
+                _Prepared(
+                    ids[pos : pos + len(seq)], self.line_classes(seq), starts, window_owner(len(seq), starts, size)
+                )
+            )
+            pos += len(seq)
+        return out
 
     # ------------------------------------------------------------------------- raw scores
 
@@ -425,9 +437,13 @@ class MoEBertDetector:
         Every line is scored once, in the window that shows it with context; a sequence longer than
         the model's positions is read in overlapping windows. Identical sequences are run once.
         """
+        with self._lock:
+            return self._line_scores(sequences, recon)
+
+    def _line_scores(self, sequences: Sequence[Sequence[str]], recon: bool) -> LineScores:
         unique: dict[tuple[str, ...], int] = {}
         where = [unique.setdefault(tuple(seq), len(unique)) for seq in sequences]
-        prepared = [self._prepare(seq) for seq in unique]
+        prepared = self._prepare(list(unique))
         n = len(prepared)
         size, end = int(self.config.max_lines), self.model.end_class
         rows = [(s, w, a) for s, p in enumerate(prepared) for w, a in enumerate(p.starts)]

@@ -382,3 +382,15 @@ def test_fusion_gives_weight_only_to_parts_that_add_something() -> None:
     stats = {c: ScoreStats.robust(v[:100]) for c, v in raw.items()}
     weights, _, _ = calibrate_fusion(raw, y, stats)
     assert weights["lines"] > 0 and weights["next"] > 0 and weights["head"] == weights["knn"] == 0.0
+
+
+def test_a_small_line_cache_gives_the_same_scores(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A cache that starts afresh while a batch is prepared keeps every row it handed out valid."""
+    detector = detector_of(tokenizer)
+    sequences = [[*flow, f"extra line {i}"] for i, flow in enumerate(FLOWS * 3)]
+    full = detector.line_scores(sequences)
+    detector.vectors = LineVectors(detector._encode_lines, detector.vectors.dim, max_lines=4)
+    small = detector.line_scores(sequences)
+    np.testing.assert_allclose(small.head, full.head, rtol=1e-5, atol=1e-6)
+    for a, b in zip(small.next_nll, full.next_nll, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
