@@ -205,7 +205,7 @@ def test_cli_flags_map_onto_train_args() -> None:
     assert parse_args(["--train", "t.json", "--unsupervised"]).head_epochs == 0.5  # label-free default
     config = detector_config(defaults)
     assert config.mask_probability == 0.4 and config.top_p == 0.6
-    assert defaults.steps(10.0, 32) == defaults.min_steps and defaults.steps(1e6, 1e6) == defaults.max_steps
+    assert defaults.steps(10.0, 32) == defaults.min_steps and defaults.steps(1e6, 10**6) == defaults.max_steps
 
 
 def swapped_lines(rng: random.Random) -> list[str]:
