@@ -31,6 +31,7 @@ from typing import Any
 from core.errors import DataError, LogTriageError
 from core.io import write_json
 from large_model.encoding import iter_json_rows
+from large_model.grounding import has_loop, ungrounded
 from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult
 from large_model.schema import LabelSet
 
@@ -165,6 +166,7 @@ def evaluate_explainer(
     sevs = classification_figures(
         [r["severity"] for r in rows], [x.explanation.severity for x in results], labels.severities
     )
+    checks = [_text_checks(x, r) for x, r in zip(results_gen, rows, strict=False)]
     with_ref = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("suggested_response")]
     with_cause = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("root_cause")]
     sorted_lat = sorted(latencies) or [0.0]
@@ -180,6 +182,8 @@ def evaluate_explainer(
         "category_macro_f1": cats["macro_f1"],
         "severity_accuracy": sevs["accuracy"],
         "schema_valid_rate": sum(x.parsed for x in results_gen) / len(results_gen) if results_gen else 0.0,
+        "loop_rate": sum(c["loop"] for c in checks) / len(checks) if checks else 0.0,
+        "grounding_rate": sum(not c["ungrounded"] for c in checks) / len(checks) if checks else 0.0,
         "rouge_l_suggested_response": rouge_l(
             [x.explanation.suggested_response for x, _ in with_ref], [r["suggested_response"] for _, r in with_ref]
         ),
@@ -207,6 +211,20 @@ def evaluate_explainer(
             for x, r in zip(results_gen, rows, strict=False)
             if not x.parsed
         ][:MAX_INVALID_SHOWN],
+        # what the texts named that the input does not show, and the answers that loop
+        "not_grounded": [c for c in checks if c["ungrounded"]][:MAX_INVALID_SHOWN],
+        "loops": [c for c in checks if c["loop"]][:MAX_INVALID_SHOWN],
+    }
+
+
+def _text_checks(result: ExplainResult, row: dict[str, Any]) -> dict[str, Any]:
+    """Loops (any text field) and the names and numbers of the summary and root cause that the input lacks."""
+    e = result.explanation
+    source = str(result.extra.get("source") or "\n".join(map(str, row["log_entries"])))
+    return {
+        "sequence_id": row.get("sequence_id"),
+        "loop": any(has_loop(text) for text in (e.summary, e.root_cause, e.suggested_response)),
+        "ungrounded": ungrounded([e.summary, e.root_cause], source),
     }
 
 
@@ -215,6 +233,8 @@ FIGURES = (
     ("category_macro_f1", "category macro-F1"),
     ("severity_accuracy", "severity accuracy"),
     ("schema_valid_rate", "schema-valid rate"),
+    ("grounding_rate", "grounding rate"),
+    ("loop_rate", "loop rate"),
     ("rouge_l_suggested_response", "ROUGE-L suggested response"),
     ("rouge_l_root_cause", "ROUGE-L root cause"),
     ("latency_mean_s", "latency mean (s)"),

@@ -48,6 +48,7 @@ from large_model import prompts
 from large_model.bundled import BUNDLED_ALIASES, resolve_base
 from large_model.encoding import PromptEncoder, end_of_turn_id
 from large_model.evidence import FLOW_PROFILE_FILE, FlowProfile
+from large_model.grounding import has_loop
 from large_model.quant import bitsandbytes_available, get_quantization_config, parse_dtype, resolve_device
 from large_model.schema import Explanation, LabelSet
 
@@ -94,6 +95,13 @@ class ExplainerBackend(Protocol):
     def explain(
         self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
     ) -> Explanation: ...
+
+
+def grounding_source(log_entries: Sequence[str | bytes], messages: Sequence[Mapping[str, str]]) -> str:
+    """What an explanation may name: the sequence's lines as given and as the model saw them, with the evidence."""
+    lines = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in log_entries]
+    shown = [m["content"] for m in messages if m.get("role") == "user"]
+    return "\n".join([*lines, *shown])
 
 
 def _fallback_text(field_name: str, category: str, severity: str, lang: str) -> str:
@@ -322,7 +330,8 @@ class PrefixScorer:
 
     def _choose(self, logits: torch.Tensor, new: list[int], stops: set[int]) -> tuple[int, str]:
         """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`) and
-        the decoded string it makes (``new`` plus the token; "" for a stop token).
+        free of loops (no 4 words 3 times: :func:`grounding.has_loop`), and the decoded string it makes
+        (``new`` plus the token; "" for a stop token).
 
         Looks at the :data:`VALID_CANDIDATES` most likely tokens in order (almost always the first
         one passes); a stop token is taken as it comes (the string then ends open).
@@ -333,7 +342,7 @@ class PrefixScorer:
             if token in stops:
                 return int(token), ""
             text = str(self.tokenizer.decode([*new, token], skip_special_tokens=True))
-            if prompts.valid_string_prefix(text):
+            if prompts.valid_string_prefix(text) and not has_loop(text):
                 return int(token), text
             if rank == 0:
                 first = text
@@ -539,6 +548,7 @@ class Explainer:
             parsed=parsed and generate,
             seconds=time.perf_counter() - started,
             omitted_lines=omitted,
+            extra={"source": grounding_source(log_entries, messages)},
         )
 
 

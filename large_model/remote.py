@@ -54,6 +54,7 @@ from large_model.inference import (
     build_explanation,
     folder_profile,
     generate_fields,
+    grounding_source,
 )
 from large_model.schema import Explanation, LabelSet
 
@@ -264,6 +265,7 @@ class OpenAIExplainer:
             parsed=parsed,
             seconds=time.perf_counter() - started,
             omitted_lines=omitted,
+            extra={"source": grounding_source(log_entries, messages)},
         )
 
     def close(self) -> None:
