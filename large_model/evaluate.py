@@ -113,7 +113,10 @@ def classification_figures(truth: Sequence[str], predicted: Sequence[str], label
 def load_eval_rows(
     path: str | Path, labels: LabelSet, limit: int | None = None, lang: str | None = None
 ) -> list[dict[str, Any]]:
-    """Evaluation records (log_entries, category, severity, references), optionally one language only."""
+    """Evaluation records (log_entries, category, severity, references), optionally one language only.
+
+    A record without category and severity (real logs outside the taxonomy) counts for the texts only:
+    loops, grounding, latency."""
     rows = []
     for number, row in enumerate(iter_json_rows(path), 1):
         if lang and row.get("lang", "en") != lang:
@@ -121,14 +124,14 @@ def load_eval_rows(
         if not isinstance(row.get("log_entries"), list):
             raise DataError("evaluation records need log_entries", path, number)
         category = row.get("category") or row.get("anomaly_type")
-        if category is None or row.get("severity") is None:
-            raise DataError("evaluation records need category and severity", path, number)
+        if (category is None) != (row.get("severity") is None):
+            raise DataError("evaluation records need both category and severity, or neither", path, number)
         rows.append({**row, "category": category})
         if limit and len(rows) >= limit:
             break
     if not rows:
         raise DataError("no evaluation records", path)
-    unknown = {r["category"] for r in rows} - set(labels.categories)
+    unknown = {r["category"] for r in rows if r["category"] is not None} - set(labels.categories)
     if unknown:
         log.warning("categories not among the model's labels (always counted wrong): %s", sorted(unknown))
     return rows
@@ -160,11 +163,12 @@ def evaluate_explainer(
     scored_only = results[generated_n:]
     results_gen = results[:generated_n]
     labels: LabelSet = explainer.labels
+    labeled = [(x, r) for x, r in zip(results, rows, strict=True) if r["category"] is not None]
     cats = classification_figures(
-        [r["category"] for r in rows], [x.explanation.category for x in results], labels.categories
+        [r["category"] for _, r in labeled], [x.explanation.category for x, _ in labeled], labels.categories
     )
     sevs = classification_figures(
-        [r["severity"] for r in rows], [x.explanation.severity for x in results], labels.severities
+        [r["severity"] for _, r in labeled], [x.explanation.severity for x, _ in labeled], labels.severities
     )
     checks = [_text_checks(x, r) for x, r in zip(results_gen, rows, strict=False)]
     with_ref = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("suggested_response")]
@@ -176,6 +180,7 @@ def evaluate_explainer(
         "base": explainer.base,
         "evidence": getattr(explainer, "flow_profile", None) is not None,
         "n": len(rows),
+        "n_labeled": len(labeled),
         "n_generated": generated_n,
         "label_scoring_mean_s": statistics.fmean(scoring_s) if scoring_s else None,
         "category_accuracy": cats["accuracy"],
@@ -198,7 +203,7 @@ def evaluate_explainer(
         "examples": [
             {
                 "sequence_id": r.get("sequence_id"),
-                "truth": {"category": r["category"], "severity": r["severity"]},
+                "truth": {"category": r["category"], "severity": r.get("severity")},
                 "explanation": x.explanation.model_dump(),
                 "parsed": x.parsed,
                 "generated": x.generated,
@@ -242,6 +247,12 @@ FIGURES = (
 )
 
 
+def _cell(report: dict[str, Any], key: str) -> str:
+    if key.startswith(("category", "severity")) and not report.get("n_labeled", report["n"]):
+        return "-"  # no labeled record: no label figures
+    return f"{report[key]:.3f}"
+
+
 def format_table(reports: dict[str, dict[str, Any]]) -> str:
     """The figures of one or more evaluated models side by side."""
     names = list(reports)
@@ -249,7 +260,7 @@ def format_table(reports: dict[str, dict[str, Any]]) -> str:
     cols = [max(12, len(n) + 2) for n in names]
     lines = ["".ljust(width) + "".join(n.rjust(c) for n, c in zip(names, cols, strict=True))]
     for key, label in FIGURES:
-        cells = "".join(f"{reports[n][key]:.3f}".rjust(c) for n, c in zip(names, cols, strict=True))
+        cells = "".join(_cell(reports[n], key).rjust(c) for n, c in zip(names, cols, strict=True))
         lines.append(label.ljust(width) + cells)
     lines.append("n".ljust(width) + "".join(str(reports[n]["n"]).rjust(c) for n, c in zip(names, cols, strict=True)))
     lines.append(

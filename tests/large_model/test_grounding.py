@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from large_model.evaluate import evaluate_explainer
+from core.errors import DataError
+from large_model.evaluate import evaluate_explainer, format_table, load_eval_rows
 from large_model.grounding import has_loop, mentioned, ungrounded
 from large_model.inference import Explainer, PrefixScorer
 from tests.large_model.conftest import TOY_LABELS
@@ -73,13 +75,28 @@ def test_generation_refuses_a_token_that_makes_a_loop(tiny_base: Path) -> None:
 def test_evaluation_reports_grounding_and_loops(tiny_base: Path) -> None:
     explainer = Explainer.from_pretrained(tiny_base, device="cpu", dtype="fp32", labels=TOY_LABELS, max_new_tokens=96)
     rows = [
-        {"sequence_id": f"s{i}", "log_entries": [line, "ERROR [orders] pool exhausted after 30 retries"],
-         "category": TOY_LABELS.categories[0], "severity": TOY_LABELS.severities[0]}
-        for i, line in enumerate(HDFS)
+        {"sequence_id": "s0", "log_entries": [HDFS[0], "ERROR [orders] pool exhausted after 30 retries"],
+         "category": TOY_LABELS.categories[0], "severity": TOY_LABELS.severities[0]},
+        {"sequence_id": "s1", "log_entries": HDFS, "category": None, "severity": None},  # real: no taxonomy label
     ]  # fmt: skip
     report = evaluate_explainer(explainer, rows, progress=False)
+    assert report["n"] == 2 and report["n_labeled"] == 1 and report["n_generated"] == 2
+    assert "grounding rate" in format_table({"tuned": report})
     assert report["loop_rate"] == 0.0  # the untrained model writes noise, never a loop
     assert 0.0 <= report["grounding_rate"] <= 1.0
     assert len(report["not_grounded"]) == round((1 - report["grounding_rate"]) * len(rows))
     for entry in report["not_grounded"]:
         assert entry["ungrounded"] and entry["sequence_id"] in {"s0", "s1"}
+
+
+def test_real_records_without_labels_are_evaluated_for_their_texts(tmp_path: Path) -> None:
+    data = tmp_path / "real.jsonl"
+    data.write_text(
+        json.dumps({"sequence_id": "r1", "log_entries": HDFS, "source": "HDFS"}) + "\n"
+        + json.dumps({"sequence_id": "r2", "log_entries": HDFS, "category": "timeout"}) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    with pytest.raises(DataError, match="both category and severity, or neither"):
+        load_eval_rows(data, TOY_LABELS)
+    data.write_text(json.dumps({"sequence_id": "r1", "log_entries": HDFS}) + "\n", encoding="utf-8")
+    assert load_eval_rows(data, TOY_LABELS)[0]["category"] is None
