@@ -18,6 +18,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,7 +28,7 @@ from core.loghub import iter_loghub, labelled_windows
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def hdfs(n: int) -> list[dict[str, object]]:
+def hdfs(n: int) -> list[dict[str, Any]]:
     """Anomalous HDFS sessions: short ones (stopped early) and long ones, alternately."""
     anomalies = [r for r in read_records(SHARED / "hdfs_sessions" / "test.jsonl.gz") if r.label == 1]
     short = [r for r in anomalies if len(r.log_entries) <= 5]
@@ -36,7 +37,7 @@ def hdfs(n: int) -> list[dict[str, object]]:
     return [{"sequence_id": r.sequence_id, "log_entries": r.log_entries, "source": "HDFS"} for r in picked]
 
 
-def alerts(system: str, n: int) -> list[dict[str, object]]:
+def alerts(system: str, n: int) -> list[dict[str, Any]]:
     """The first ``n`` 10-line windows of a labelled loghub sample that hold an alert line."""
     path = SHARED / "loghub" / system / f"{system}_2k.log"
     rows = []
@@ -52,7 +53,7 @@ def alerts(system: str, n: int) -> list[dict[str, object]]:
 ERRORISH = re.compile(r"(?i)\b(error|fail(ed|ure)?|invalid|refused|denied|exception|time ?out)\b")
 
 
-def errors(system: str, n: int) -> list[dict[str, object]]:
+def errors(system: str, n: int) -> list[dict[str, Any]]:
     """The first ``n`` 10-line windows of an unlabelled loghub sample with an error-looking line."""
     lines = list(iter_loghub(SHARED / "loghub" / system / f"{system}_2k.log"))
     rows = []

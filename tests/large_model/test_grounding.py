@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -74,7 +75,7 @@ def test_generation_refuses_a_token_that_makes_a_loop(tiny_base: Path) -> None:
 
 def test_evaluation_reports_grounding_and_loops(tiny_base: Path) -> None:
     explainer = Explainer.from_pretrained(tiny_base, device="cpu", dtype="fp32", labels=TOY_LABELS, max_new_tokens=96)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"sequence_id": "s0", "log_entries": [HDFS[0], "ERROR [orders] pool exhausted after 30 retries"],
          "category": TOY_LABELS.categories[0], "severity": TOY_LABELS.severities[0]},
         {"sequence_id": "s1", "log_entries": HDFS, "category": None, "severity": None},  # real: no taxonomy label
