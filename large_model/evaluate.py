@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 from core.errors import DataError, LogTriageError
 from core.io import write_json
 from large_model.encoding import iter_json_rows
-from large_model.grounding import has_loop, ungrounded
+from large_model.grounding import has_loop, ungrounded, words
 from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult
 from large_model.schema import LabelSet
 
@@ -39,14 +38,12 @@ log = logging.getLogger(__name__)
 
 MAX_INVALID_SHOWN = 20  # answers that were not schema-valid kept in the report
 
-_TOKEN = re.compile(r"[a-z0-9]+|[\u3400-\u9fff\uf900-\ufaff]")
-
 
 class _Tokenizer:
     """ROUGE tokens: lower-cased ASCII words and single CJK characters (rouge-score drops CJK)."""
 
     def tokenize(self, text: str) -> list[str]:
-        return _TOKEN.findall(text.lower())
+        return words(text)
 
 
 def _lcs_f1(prediction: list[str], reference: list[str]) -> float:
@@ -268,6 +265,8 @@ def format_table(reports: dict[str, dict[str, Any]]) -> str:
         + "".join(str(reports[n]["n_generated"]).rjust(c) for n, c in zip(names, cols, strict=True))
     )
     first = reports[names[0]]["category_confusion"]
+    if not reports[names[0]].get("n_labeled", reports[names[0]]["n"]):
+        return "\n".join(lines)  # no labeled record: no confusion matrix
     lines.append("")
     lines.append(f"category confusion ({names[0]}; rows truth, columns predicted):")
     short = [label[:8] for label in first["labels"]]
