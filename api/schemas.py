@@ -131,6 +131,10 @@ class ExplanationOut(BaseModel):
     base: str
     lang: str = "en"
     latency_ms: float | None = None
+    confidence: float | None = Field(
+        default=None,
+        description="the category's confidence (0-1); category 'other' when below the calibrated threshold",
+    )
 
 
 class ExplainResponse(BaseModel):

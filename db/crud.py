@@ -40,7 +40,18 @@ DETECTION_FIELDS = frozenset(
     }
 )
 EXPLANATION_FIELDS = frozenset(
-    {"category", "severity", "summary", "root_cause", "suggested_response", "model", "base", "lang", "latency_ms"}
+    {
+        "category",
+        "severity",
+        "summary",
+        "root_cause",
+        "suggested_response",
+        "model",
+        "base",
+        "lang",
+        "latency_ms",
+        "confidence",
+    }
 )
 MAX_PAGE = 1000
 

@@ -86,6 +86,7 @@ class Explanation(Base):
     base: Mapped[str] = mapped_column(String)
     lang: Mapped[str] = mapped_column(String(16), default="en")
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     detection: Mapped[Detection] = relationship(back_populates="explanation")

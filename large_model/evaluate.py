@@ -32,7 +32,7 @@ from core.io import write_json
 from large_model.encoding import iter_json_rows
 from large_model.grounding import has_loop, ungrounded, words
 from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult
-from large_model.schema import LabelSet
+from large_model.schema import OTHER, LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,20 @@ def evaluate_explainer(
     with_cause = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("root_cause")]
     sorted_lat = sorted(latencies) or [0.0]
     scoring_s = [x.seconds for x in scored_only]
+    by_source: dict[str, dict[str, Any]] = {}
+    for index, (x, r) in enumerate(zip(results, rows, strict=True)):
+        part = by_source.setdefault(str(r.get("source") or "synthetic"), {"n": 0, "other": 0, "right": 0,
+                                    "labeled": 0, "generated": 0, "grounded": 0, "loops": 0})  # fmt: skip
+        part["n"] += 1
+        part["other"] += x.explanation.category == OTHER
+        if r["category"] is not None:
+            part["labeled"] += 1
+            part["right"] += x.explanation.category == r["category"]
+        if index < generated_n:
+            part["generated"] += 1
+            part["grounded"] += not checks[index]["ungrounded"]
+            part["loops"] += checks[index]["loop"]
+    confidences = [x.explanation.confidence for x in results if x.explanation.confidence is not None]
     return {
         "model": explainer.name,
         "base": explainer.base,
@@ -182,6 +196,20 @@ def evaluate_explainer(
         "label_scoring_mean_s": statistics.fmean(scoring_s) if scoring_s else None,
         "category_accuracy": cats["accuracy"],
         "category_macro_f1": cats["macro_f1"],
+        "other_rate": sum(x.explanation.category == OTHER for x in results) / len(results) if results else 0.0,
+        "confidence_mean": statistics.fmean(confidences) if confidences else None,
+        "category_threshold": getattr(explainer, "category_threshold", None),
+        "by_source": {
+            name: {
+                "n": p["n"],
+                "other_rate": p["other"] / p["n"],
+                "category_accuracy": p["right"] / p["labeled"] if p["labeled"] else None,
+                "n_generated": p["generated"],
+                "grounding_rate": p["grounded"] / p["generated"] if p["generated"] else None,
+                "loop_rate": p["loops"] / p["generated"] if p["generated"] else None,
+            }
+            for name, p in by_source.items()
+        },
         "severity_accuracy": sevs["accuracy"],
         "schema_valid_rate": sum(x.parsed for x in results_gen) / len(results_gen) if results_gen else 0.0,
         "loop_rate": sum(c["loop"] for c in checks) / len(checks) if checks else 0.0,
@@ -234,6 +262,7 @@ FIGURES = (
     ("category_accuracy", "category accuracy"),
     ("category_macro_f1", "category macro-F1"),
     ("severity_accuracy", "severity accuracy"),
+    ("other_rate", "answered other"),
     ("schema_valid_rate", "schema-valid rate"),
     ("grounding_rate", "grounding rate"),
     ("loop_rate", "loop rate"),
@@ -264,6 +293,17 @@ def format_table(reports: dict[str, dict[str, Any]]) -> str:
         "n generated".ljust(width)
         + "".join(str(reports[n]["n_generated"]).rjust(c) for n, c in zip(names, cols, strict=True))
     )
+    sources = reports[names[0]].get("by_source") or {}
+    if len(sources) > 1:
+        lines.append("")
+        lines.append(f"by source ({names[0]}):      n  other  category acc  grounding  loops")
+        for name, part in sources.items():
+            acc = "-" if part["category_accuracy"] is None else f"{part['category_accuracy']:.3f}"
+            ground = "-" if part["grounding_rate"] is None else f"{part['grounding_rate']:.3f}"
+            loops = "-" if part["loop_rate"] is None else f"{part['loop_rate']:.3f}"
+            lines.append(
+                f"  {name[:22]:<22}{part['n']:>5}  {part['other_rate']:.3f}  {acc:>12}  {ground:>9}  {loops:>5}"
+            )
     first = reports[names[0]]["category_confusion"]
     if not reports[names[0]].get("n_labeled", reports[names[0]]["n"]):
         return "\n".join(lines)  # no labeled record: no confusion matrix
@@ -282,6 +322,7 @@ def run(ns: argparse.Namespace) -> int:
 
     model_dir = Path(ns.model)
     explainer = Explainer.from_pretrained(model_dir, device=ns.device, dtype=ns.dtype, max_new_tokens=ns.max_new_tokens)
+    explainer.grounded = ns.grounded
     data = Path(ns.data) if ns.data else model_dir / "heldout.jsonl"
     rows = load_eval_rows(data, explainer.labels, ns.limit, ns.lang)
     reports = {"tuned": evaluate_explainer(explainer, rows, ns.progress, "tuned", ns.generate_limit)}
@@ -294,6 +335,7 @@ def run(ns: argparse.Namespace) -> int:
             labels=explainer.labels,
             flow_profile=explainer.flow_profile,  # the same prompts as the tuned model's
         )
+        base.grounded = ns.grounded
         del explainer
         reports["base"] = evaluate_explainer(base, rows, ns.progress, "base", ns.generate_limit)
     report = {"data": str(data), "reports": reports}
@@ -321,6 +363,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--report", type=Path, default=None, help="JSON report path (default: <model>/eval.json)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "--no-grounding",
+        dest="grounded",
+        action="store_false",
+        help="generate without the copying constraint on names and numbers (to measure what it does)",
+    )
     return parser
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 LOOP_WORDS = 4  # a sequence of this many words ...
 LOOP_TIMES = 3  # ... this many times in one field is a loop
+GROUNDED_FIELDS = ("summary", "root_cause")  # the fields that may name only what the source shows
 
 _WORD = re.compile(r"[a-z0-9]+|[\u3400-\u9fff\uf900-\ufaff]")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*")
@@ -75,12 +76,40 @@ def mentioned(text: str) -> list[str]:
 
 def ungrounded(texts: Iterable[str], source: str) -> list[str]:
     """What ``texts`` mention that does not occur (case-insensitively) in ``source``."""
-    haystack = source.lower()
-    plain = _THOUSANDS.sub("", haystack)  # 30,000 and 30000 are the same number
-    out: list[str] = []
-    for text in texts:
-        for item in mentioned(text):
-            needle = item.lower()
-            if needle not in haystack and _THOUSANDS.sub("", needle) not in plain:
-                out.append(item)
-    return list(dict.fromkeys(out))
+    check = Grounding(source)
+    return list(dict.fromkeys(item for text in texts for item in mentioned(text) if not check.grounded(item)))
+
+
+class Grounding:
+    """What one explanation may name: :func:`ungrounded` against one source, for generation's checks.
+
+    Generation (:meth:`inference.PrefixScorer.generate_string`) asks :meth:`adds_ungrounded` of every
+    candidate token: a name or number is written by *copying* it from the source, since the moment
+    its partial form stops being a substring of the source, no token that extends it is taken.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.haystack = source.lower()
+        self.plain = _THOUSANDS.sub("", self.haystack)
+
+    def grounded(self, item: str) -> bool:
+        """Whether ``item`` occurs (case-insensitively, thousands separators aside) in the source."""
+        needle = item.lower()
+        return needle in self.haystack or _THOUSANDS.sub("", needle) in self.plain
+
+    def missing(self, text: str) -> set[str]:
+        """What ``text`` mentions that the source does not hold."""
+        return {item for item in mentioned(text) if not self.grounded(item)}
+
+    def adds_ungrounded(self, text: str, before: set[str]) -> bool:
+        """Whether ``text`` mentions something ungrounded beyond ``before`` (the previous text's :meth:`missing`)."""
+        return any(item not in before for item in self.missing(text))
+
+
+_SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)")
+
+
+def cut_to_sentence(text: str) -> str:
+    """``text`` up to its last sentence end (itself when it has none): a field closed early ends cleanly."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else text

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import torch
 
@@ -48,9 +48,9 @@ from large_model import prompts
 from large_model.bundled import BUNDLED_ALIASES, resolve_base
 from large_model.encoding import PromptEncoder, end_of_turn_id
 from large_model.evidence import FLOW_PROFILE_FILE, FlowProfile
-from large_model.grounding import has_loop
+from large_model.grounding import GROUNDED_FIELDS, Grounding, cut_to_sentence, has_loop
 from large_model.quant import bitsandbytes_available, get_quantization_config, parse_dtype, resolve_device
-from large_model.schema import Explanation, LabelSet
+from large_model.schema import OTHER, Explanation, LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,21 @@ def build_explanation(
     return explanation, complete
 
 
+def choose_category(
+    categories: Sequence[str], scores: Sequence[float], threshold: float | None = None
+) -> tuple[str, float]:
+    """The category to report and its confidence: the best-scored one and its softmax share of the
+    label scores (summed log-probabilities); :data:`schema.OTHER` when that share is below
+    ``threshold`` (the explainer's calibrated ``category_threshold``; None: never)."""
+    values = torch.tensor(list(scores), dtype=torch.float64)
+    shares = torch.softmax(values, dim=0)
+    best = int(torch.argmax(values))
+    confidence = float(shares[best])
+    if threshold is not None and confidence < threshold:
+        return OTHER, confidence
+    return categories[best], confidence
+
+
 def repeat_banned(tokens: Sequence[int], n: int) -> list[int]:
     """The tokens that would complete an ``n``-gram already in ``tokens`` (what ``no_repeat_ngram_size`` bans)."""
     if n < 1 or len(tokens) < n - 1:
@@ -174,16 +189,17 @@ def penalize_repeats(logits: torch.Tensor, tokens: Sequence[int], penalty: float
 
 
 def generate_fields(
-    write: Callable[[str, int], tuple[str, bool, int]],
+    write: Callable[[str, int, str], tuple[str, bool, int]],
     category: str,
     severity: str,
     max_new_tokens: int,
-    retry: Callable[[str, int], tuple[str, bool, int]] | None = None,
+    retry: Callable[[str, int, str], tuple[str, bool, int]] | None = None,
 ) -> tuple[list[str], list[bool]]:
     """The three text fields, one after the other, each a JSON string the model closes.
 
-    ``write(answer, budget)``: the model's greedy text of the string that ``answer`` (the answer
-    so far, :func:`prompts.field_prefix`) opens, as ``(raw content, closed, tokens used)``. The
+    ``write(answer, budget, key)``: the model's greedy text of the string that ``answer`` (the answer
+    so far, :func:`prompts.field_prefix`) opens for the field ``key``, as ``(raw content, closed,
+    tokens used)``. The
     fixed joints between the fields (``", "root_cause": "``) are written here, so the answer is
     valid JSON whenever the model closes each string; each field has its own budget
     (:data:`prompts.FIELD_TOKENS`), all of them together at most ``max_new_tokens``. ``retry``
@@ -198,10 +214,10 @@ def generate_fields(
         if budget <= 0:
             break
         prefix = prompts.field_prefix(category, severity, raws)
-        raw, done, used = write(prefix, budget)
+        raw, done, used = write(prefix, budget, key)
         left -= used
         if not done and retry is not None and left > 0:
-            again, done_again, used_again = retry(prefix, min(prompts.FIELD_TOKENS[key], left))
+            again, done_again, used_again = retry(prefix, min(prompts.FIELD_TOKENS[key], left), key)
             left -= used_again
             if done_again:
                 raw, done = again, True
@@ -285,7 +301,12 @@ class PrefixScorer:
 
     @torch.inference_mode()
     def generate_string(
-        self, text: str, max_new_tokens: int, stop_ids: Sequence[int], repetition_penalty: float = 1.0
+        self,
+        text: str,
+        max_new_tokens: int,
+        stop_ids: Sequence[int],
+        repetition_penalty: float = 1.0,
+        grounding: Grounding | None = None,
     ) -> tuple[str, bool, int]:
         """Greedy continuation of ``text`` (which ends inside a JSON string) up to the string's closing quote.
 
@@ -295,12 +316,16 @@ class PrefixScorer:
         falls into loops such as "of the circuit breaker of the circuit breaker ..." until the
         budget runs out), nor one that makes the string invalid JSON (``\\_``, a raw control
         character); ``repetition_penalty`` > 1 lowers the logits of the tokens already in the
-        string (see :data:`RETRY_REPETITION_PENALTY`). The cache keeps the prefix for the next field.
+        string (see :data:`RETRY_REPETITION_PENALTY`). With ``grounding``, nor one that makes the
+        string name something its source does not hold (:class:`grounding.Grounding`); when no
+        likely token passes, the string ends there (cut back to its last sentence end), closed.
+        The cache keeps the prefix for the next field.
         """
         ids = self._ids(text)
         self._advance(ids[:-1])
         token, position = ids[-1], len(ids) - 1
         new: list[int] = []
+        decoded = ""
         stops = set(stop_ids)
         for _ in range(max_new_tokens):
             out = self.model(
@@ -319,7 +344,14 @@ class PrefixScorer:
             if banned:
                 logits = logits.clone()
                 logits[banned] = float("-inf")
-            token, decoded = self._choose(logits, new, stops)
+            choice = (
+                self._choose(logits, new, stops)
+                if grounding is None
+                else self._choose(logits, new, stops, grounding, grounding.missing(prompts.decode_partial(decoded)))
+            )
+            if choice is None:  # nothing likely keeps the string grounded: it ends here
+                return cut_to_sentence(decoded).rstrip(), True, len(new)
+            token, decoded = choice
             if token in stops:
                 break
             new.append(token)
@@ -328,13 +360,32 @@ class PrefixScorer:
                 return decoded[:end], True, len(new)
         return str(self.tokenizer.decode(new, skip_special_tokens=True)), False, len(new)
 
-    def _choose(self, logits: torch.Tensor, new: list[int], stops: set[int]) -> tuple[int, str]:
-        """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`) and
-        free of loops (no 4 words 3 times: :func:`grounding.has_loop`), and the decoded string it makes
-        (``new`` plus the token; "" for a stop token).
+    @overload
+    def _choose(
+        self, logits: torch.Tensor, new: list[int], stops: set[int], grounding: None = None, before: None = None
+    ) -> tuple[int, str]: ...
+
+    @overload
+    def _choose(
+        self, logits: torch.Tensor, new: list[int], stops: set[int], grounding: Grounding, before: set[str] | None
+    ) -> tuple[int, str] | None: ...
+
+    def _choose(
+        self,
+        logits: torch.Tensor,
+        new: list[int],
+        stops: set[int],
+        grounding: Grounding | None = None,
+        before: set[str] | None = None,
+    ) -> tuple[int, str] | None:
+        """The most likely token that keeps the string valid JSON (:func:`prompts.valid_string_prefix`),
+        free of loops (no 4 words 3 times: :func:`grounding.has_loop`) and, with ``grounding``, naming
+        nothing ungrounded beyond ``before`` (what the string so far already names); and the decoded
+        string it makes (``new`` plus the token; "" for a stop token).
 
         Looks at the :data:`VALID_CANDIDATES` most likely tokens in order (almost always the first
-        one passes); a stop token is taken as it comes (the string then ends open).
+        one passes); a stop token is taken as it comes (the string then ends open). When none
+        passes: the most likely one without ``grounding``, ``None`` (end the string) with it.
         """
         top = torch.topk(logits, min(VALID_CANDIDATES, logits.shape[-1])).indices.tolist()
         first = ""
@@ -342,10 +393,16 @@ class PrefixScorer:
             if token in stops:
                 return int(token), ""
             text = str(self.tokenizer.decode([*new, token], skip_special_tokens=True))
-            if prompts.valid_string_prefix(text) and not has_loop(text):
+            if (
+                prompts.valid_string_prefix(text)
+                and not has_loop(text)
+                and (grounding is None or not grounding.adds_ungrounded(prompts.decode_partial(text), before or set()))
+            ):
                 return int(token), text
             if rank == 0:
                 first = text
+        if grounding is not None:
+            return None
         return int(top[0]), first
 
     def reset(self) -> None:
@@ -400,8 +457,13 @@ class Explainer:
         relative_time: bool = True,
         short_ids: bool = True,
         flow_profile: FlowProfile | None = None,
+        category_threshold: float | None = None,
+        grounded: bool = True,
     ) -> None:
         self.model = model.eval()
+        # below this confidence the category is OTHER (calibrated on held-out data at training)
+        self.category_threshold = category_threshold
+        self.grounded = grounded  # summary and root cause copy names and numbers from the source
         self.tokenizer = tokenizer
         self.labels = labels
         self.name = name
@@ -496,6 +558,7 @@ class Explainer:
             relative_time=bool(meta.get("relative_time", False)),
             short_ids=bool(meta.get("short_ids", False)),
             flow_profile=flow_profile,
+            category_threshold=meta.get("category_threshold"),
         )
 
     @property
@@ -520,26 +583,35 @@ class Explainer:
         started = time.perf_counter()
         messages, omitted = self.encoder.messages(log_entries, lang, context)
         prompt = self.encoder.render(messages)
+        source = grounding_source(log_entries, messages)
         scorer = PrefixScorer(self.model, self.tokenizer, self.device)
         cats = self.labels.categories
         cat_scores = scorer.score(prompt + prompts.category_prefix(), cats)
-        category = cats[max(range(len(cats)), key=cat_scores.__getitem__)]
+        category, confidence = choose_category(cats, cat_scores, self.category_threshold)
         sevs = self.labels.severities
         sev_scores = scorer.score(prompt + prompts.severity_prefix(category), sevs)
         severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
         raws: list[str] = []
         closed: list[bool] = []
         if generate:
+            check = Grounding(source) if self.grounded else None
+
+            def grounding_for(key: str) -> Grounding | None:
+                return check if key in GROUNDED_FIELDS else None
+
             raws, closed = generate_fields(
-                lambda answer, budget: scorer.generate_string(prompt + answer, budget, self.stop_ids),
+                lambda answer, budget, key: scorer.generate_string(
+                    prompt + answer, budget, self.stop_ids, grounding=grounding_for(key)
+                ),
                 category,
                 severity,
                 self.max_new_tokens,
-                retry=lambda answer, budget: scorer.generate_string(
-                    prompt + answer, budget, self.stop_ids, RETRY_REPETITION_PENALTY
+                retry=lambda answer, budget, key: scorer.generate_string(
+                    prompt + answer, budget, self.stop_ids, RETRY_REPETITION_PENALTY, grounding_for(key)
                 ),
             )
         explanation, parsed = build_explanation(category, severity, raws, closed, lang, self.name, self.base)
+        explanation = explanation.model_copy(update={"confidence": confidence})
         return ExplainResult(
             explanation=explanation,
             category_scores=dict(zip(cats, cat_scores, strict=True)),
@@ -548,7 +620,7 @@ class Explainer:
             parsed=parsed and generate,
             seconds=time.perf_counter() - started,
             omitted_lines=omitted,
-            extra={"source": grounding_source(log_entries, messages)},
+            extra={"source": source},
         )
 
 

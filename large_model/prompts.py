@@ -387,6 +387,18 @@ def decode_string(raw: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def decode_partial(raw: str) -> str:
+    """The text of generated JSON-string content so far: up to its closing quote, escapes decoded
+    where they are complete (a trailing partial escape is left out)."""
+    end = string_end(raw)
+    content = raw[:end] if end >= 0 else raw
+    for cut in range(min(6, len(content)) + 1):  # \\uXXXX is the longest escape: 6 characters
+        decoded = decode_string(content[: len(content) - cut])
+        if decoded is not None:
+            return decoded
+    return content.replace('\\"', '"')
+
+
 def assemble_answer(category: str, severity: str, raws: Sequence[str], closed: Sequence[bool]) -> str:
     """The whole answer as the model wrote it: the fixed prefix and joints, each field's raw text.
 

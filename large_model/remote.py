@@ -52,6 +52,7 @@ from large_model.inference import (
     ExplainResult,
     answer_span,
     build_explanation,
+    choose_category,
     folder_profile,
     generate_fields,
     grounding_source,
@@ -241,22 +242,24 @@ class OpenAIExplainer:
         cats, sevs = self.labels.categories, self.labels.severities
         cat_scores: list[float] = []
         sev_scores: list[float] = []
+        confidence: float | None = None  # chat mode: the server gives no label scores
         prompt = self.encoder.render(messages) if self.mode == "completions" else ""  # chat: the server renders
         if self.mode == "completions":
             cat_scores = self._score(prompt + prompts.category_prefix(), cats)
-            category = cats[max(range(len(cats)), key=cat_scores.__getitem__)]
+            category, confidence = choose_category(cats, cat_scores)
             sev_scores = self._score(prompt + prompts.severity_prefix(category), sevs)
             severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
         else:
             category = self._chat_label(messages, prompts.category_prefix(), cats)
             severity = self._chat_label(messages, prompts.severity_prefix(category), sevs)
         raws, closed = generate_fields(
-            lambda answer, budget: self._generate_string(messages, prompt, answer, budget),
+            lambda answer, budget, _key: self._generate_string(messages, prompt, answer, budget),
             category,
             severity,
             self.max_new_tokens,
         )
         explanation, parsed = build_explanation(category, severity, raws, closed, lang, self.name, self.base)
+        explanation = explanation.model_copy(update={"confidence": confidence})
         return ExplainResult(
             explanation=explanation,
             category_scores=dict(zip(cats, cat_scores, strict=False)),

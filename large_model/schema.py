@@ -24,6 +24,9 @@ DEFAULT_CATEGORIES = (
     "latency_spike",
 )
 DEFAULT_SEVERITIES = ("low", "medium", "high", "critical")
+# the category of an anomaly unlike the known ones: taught by real-log rows, or chosen when the
+# category's confidence is below the threshold calibrated on held-out data (explainer.json)
+OTHER = "other"
 TEXT_FIELDS = ("summary", "root_cause", "suggested_response")
 
 
@@ -37,6 +40,13 @@ class Explanation(BaseModel):
     summary: str = Field(min_length=1, max_length=2000)
     root_cause: str = Field(min_length=1, max_length=4000)
     suggested_response: str = Field(min_length=1, max_length=4000)
+    confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="the chosen category's share of the label scores (softmax over the categories); None where "
+        "the backend gives no scores",
+    )
     model: str = Field(min_length=1, description="the explainer artifact (folder or served model name)")
     base: str = Field(min_length=1, description="the base LLM the explainer was tuned from")
 

@@ -60,12 +60,14 @@ from core.io import write_json, write_jsonl
 from large_model.bundled import resolve_base
 from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, keeps_text, load_examples, split_examples
 from large_model.evidence import FLOW_PROFILE_FILE, REFERENCE_FILE, FlowProfile, load_reference
+from large_model.inference import Explainer
 from large_model.quant import BACKENDS, TrainingModel, load_for_training
-from large_model.schema import LabelSet
+from large_model.schema import OTHER, LabelSet
 
 log = logging.getLogger(__name__)
 
 EXPLAINER_META = "explainer.json"
+REAL_FILE = "real_anomalies_train.jsonl"  # data_gen/real_anomalies.py writes it beside the synthetic data
 CHECKPOINTS = "checkpoints"
 
 
@@ -109,6 +111,10 @@ class TrainLargeArgs:
     progress: bool = True
     reference: Path | None = None  # normal runs for the flow comparison; default: normal_reference.jsonl beside --data
     evidence: bool = True  # the comparison with normal runs in every prompt (needs a reference)
+    real: Path | None = None  # real-log anomalies (category other); default: real_anomalies_train.jsonl beside --data
+    use_real: bool = True  # --no-real: the synthetic records alone
+    calibrate_examples: int = 120  # held-out records that calibrate the category threshold (0: none)
+    other_quantile: float = 0.05  # share of held-out known-category records allowed below the threshold
 
 
 def _labels_for(args: TrainLargeArgs) -> LabelSet:
@@ -116,6 +122,86 @@ def _labels_for(args: TrainLargeArgs) -> LabelSet:
         return LabelSet.from_json(args.labels)
     beside = Path(args.data).parent / "labels.json"
     return LabelSet.from_json(beside) if beside.is_file() else LabelSet()
+
+
+def real_path(args: TrainLargeArgs) -> Path | None:
+    """The real-log records of the run (an explicit ``--real`` must exist; the default one may be absent)."""
+    if not args.use_real:
+        return None
+    if args.real is not None:
+        if not Path(args.real).is_file():
+            raise DataError("no such file (--real)", args.real)
+        return Path(args.real)
+    beside = Path(args.data).parent / REAL_FILE
+    if not beside.is_file():
+        log.warning(
+            "no real-log anomalies at %s: the explainer learns the synthetic taxonomy only and has no 'other' "
+            "category (write them with data_gen/real_anomalies.py, or pass --real FILE; --no-real silences this)",
+            beside,
+        )
+        return None
+    return beside
+
+
+def load_training_examples(args: TrainLargeArgs) -> tuple[list[Example], LabelSet, Path | None]:
+    """The run's examples (synthetic, then the real-log ones), its label set (with :data:`OTHER` where real
+    records come in) and the real file used."""
+    labels = _labels_for(args)
+    real = real_path(args)
+    if real is not None and OTHER not in labels.categories:
+        labels = LabelSet((*labels.categories, OTHER), labels.severities)
+    examples = load_examples(args.data, labels, args.limit)
+    if real is not None:
+        extra = load_examples(real, labels)
+        log.info("%d real-log anomalies from %s (category %s)", len(extra), real, OTHER)
+        examples += extra
+    return examples, labels, real
+
+
+def calibrate_threshold(
+    output: Path, held: Sequence[Example], args: TrainLargeArgs, device: str
+) -> dict[str, Any] | None:
+    """The category threshold: the ``other_quantile`` quantile of the confidence of held-out records of a
+    known category, scored by the saved explainer as inference loads it; with what it does on the held-out
+    records (known ones kept confident, real ones answered ``other``). None without held-out records."""
+    known = [e for e in held if e.category != OTHER and e.log_entries is not None]
+    real = [e for e in held if e.category == OTHER and e.log_entries is not None]
+    if args.calibrate_examples <= 0 or not known:
+        return None
+    rng = random.Random(args.seed)
+    known = rng.sample(known, min(args.calibrate_examples, len(known)))
+    explainer = Explainer.from_pretrained(output, device=device)
+    explainer.category_threshold = None
+
+    def scored(rows: Sequence[Example]) -> tuple[list[Example], list[tuple[str, float]]]:
+        kept, out = [], []
+        for e in rows:
+            try:
+                x = explainer.explain_detailed(e.log_entries or [], e.lang, generate=False).explanation
+            except DataError as exc:  # a record the inference prompt cannot hold
+                log.warning("calibration: %s skipped (%s)", e.sequence_id, exc)
+                continue
+            kept.append(e)
+            out.append((x.category, float(x.confidence or 0.0)))
+        return kept, out
+
+    known, known_scores = scored(known)
+    real, real_scores = scored(real)
+    if not known:
+        return None
+    confidences = sorted(c for _, c in known_scores)
+    threshold = confidences[min(len(confidences) - 1, int(args.other_quantile * len(confidences)))]
+    result = {
+        "category_threshold": threshold,
+        "examples": len(known),
+        "quantile": args.other_quantile,
+        "known_accuracy": sum(c == e.category for (c, _), e in zip(known_scores, known, strict=True)) / len(known),
+        "known_confident": sum(c >= threshold for _, c in known_scores) / len(known),
+        "real_examples": len(real),
+        "real_other": (sum(c == OTHER or conf < threshold for c, conf in real_scores) / len(real) if real else None),
+    }
+    log.info("category threshold %.4f calibrated on %d held-out records: %s", threshold, len(known), result)
+    return result
 
 
 def reference_profile(args: TrainLargeArgs) -> tuple[FlowProfile | None, Path | None]:
@@ -491,8 +577,7 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         raise DataError("max_steps, batch_size and grad_accum must be at least 1")
     started = time.perf_counter()
     output = Path(args.output)
-    labels = _labels_for(args)
-    examples = load_examples(args.data, labels, args.limit)
+    examples, labels, real = load_training_examples(args)
     train_set, held = split_examples(examples, args.holdout_fraction, args.seed)
     if not train_set:
         raise DataError("no training examples left after the hold-out split", args.data)
@@ -655,8 +740,14 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "reference": str(reference) if reference is not None else None,
         "reference_runs": profile.runs if profile is not None else None,
         "reference_flows": profile.usable_groups if profile is not None else None,
+        "real": str(real) if real is not None else None,
     }
     write_json(output / EXPLAINER_META, meta)
+    calibration = calibrate_threshold(output, held, args, tm.device)
+    if calibration is not None:
+        meta["category_threshold"] = calibration["category_threshold"]
+        meta["calibration"] = calibration
+        write_json(output / EXPLAINER_META, meta)
     metrics = {
         "base": base_name,
         "backend": tm.backend,
@@ -681,6 +772,8 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "resumed_from_step": start_step,
         "feature_cache": cache is not None,
         "evidence": profile is not None,
+        "real_examples": sum(e.category == OTHER for e in train_set),
+        "calibration": calibration,
         "cache_seconds": round(cache.seconds, 2) if cache is not None else None,
         "cuda_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if tm.device.startswith("cuda") else None,
         **tm.info,
@@ -779,6 +872,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help=f"normal runs (sequence records) for the flow comparison in the prompts (default: {REFERENCE_FILE} "
         "beside --data; absent: trained without it)",
+    )
+    parser.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help=f"real-log anomalies, category 'other' (default: {REAL_FILE} beside --data where it exists; "
+        "data_gen/real_anomalies.py writes it)",
+    )
+    parser.add_argument("--no-real", dest="use_real", action="store_false", help="train on --data alone")
+    parser.add_argument(
+        "--calibrate-examples",
+        type=int,
+        default=d.calibrate_examples,
+        help="held-out records that calibrate the category threshold below which the answer is 'other' (0: none)",
+    )
+    parser.add_argument(
+        "--other-quantile",
+        type=float,
+        default=d.other_quantile,
+        help="share of held-out known-category records allowed below the threshold",
     )
     parser.add_argument(
         "--no-evidence",

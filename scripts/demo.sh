@@ -19,6 +19,8 @@ step "2. real logs: loghub samples into sequence records"
 if [ -d "$LOGHUB" ]; then
   $LT prepare "$LOGHUB/BGL/BGL_2k.log" --input-format BGL --window-size 10 -o data/loghub/bgl_windows.jsonl
   $LT prepare "$LOGHUB/HDFS/HDFS_2k.log" --input-format HDFS --window-type session -o data/loghub/hdfs_sessions.jsonl
+  # real anomalies as the explainer's category "other" (training) and its real-log evaluation
+  [ -f data/real_anomalies_train.jsonl ] || $PY data_gen/real_anomalies.py --loghub "$LOGHUB"
 else
   echo "loghub samples not found at $LOGHUB (set LOGTRIAGE_LOGHUB); skipping"
 fi

@@ -31,6 +31,7 @@ def explanation_out(row: Detection) -> ExplanationOut | None:
         base=e.base,
         lang=e.lang,
         latency_ms=e.latency_ms,
+        confidence=e.confidence,
     )
 
 

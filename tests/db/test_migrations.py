@@ -34,7 +34,7 @@ async def test_upgrade_empty_database_is_idempotent_and_matches_models(db_url: s
     assert await migrate.current_revision(db_url) is None
     await migrate.upgrade(db_url)
     await migrate.upgrade(db_url)  # a second start finds head and does nothing
-    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0001_initial"
+    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0002_explanation_confidence"
     engine = make_engine(db_url)
     try:
         async with engine.connect() as conn:
@@ -60,11 +60,39 @@ async def test_downgrade_to_base_then_upgrade_again(db_url: str) -> None:
     assert await migrate.current_revision(db_url) == migrate.head_revision()
 
 
+async def test_an_explanation_stored_before_confidence_keeps_its_data(db_url: str) -> None:
+    """A database at 0001 with an explanation: 0002 adds the confidence column (NULL for old rows), its
+    downgrade drops it again, the row intact both ways."""
+    await migrate.upgrade(db_url, "0001_initial")
+    engine = make_engine(db_url)
+    insert = (
+        "INSERT INTO detections (id, sequence_id, log_entries, score, is_anomaly, risk_level, threshold, "
+        "model_version, created_at) VALUES ('d1', 's1', '[\"a\"]', 0.9, true, 'high', 0.5, 'm', '2026-01-01'); "
+    )
+    explanation = (
+        "INSERT INTO explanations (detection_id, category, severity, summary, root_cause, suggested_response, "
+        "model, base, lang, created_at) VALUES ('d1', 'timeout', 'high', 's', 'r', 'x', 'm', 'b', 'en', '2026-01-01')"
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(insert.strip().rstrip(";")))
+            await conn.execute(text(explanation))
+        await migrate.upgrade(db_url)
+        async with engine.connect() as conn:
+            row = (await conn.execute(text("SELECT category, confidence FROM explanations"))).one()
+            assert tuple(row) == ("timeout", None)
+        await migrate.downgrade(db_url, "0001_initial")
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT category FROM explanations"))).scalar_one() == "timeout"
+    finally:
+        await engine.dispose()
+
+
 async def test_command_line_upgrade_and_current(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     # called from a running event loop: the command runs its own loop in a helper thread
     assert migrate.main(["--url", db_url, "upgrade"]) == 0
     assert migrate.main(["--url", db_url, "current"]) == 0
-    assert "0001_initial (head: 0001_initial)" in capsys.readouterr().out
+    assert "0002_explanation_confidence (head: 0002_explanation_confidence)" in capsys.readouterr().out
     assert migrate.main(["--url", "mysql://nowhere/x", "upgrade"]) == 1
     assert "unsupported database" in capsys.readouterr().err
 
@@ -72,7 +100,7 @@ async def test_command_line_upgrade_and_current(db_url: str, capsys: pytest.Capt
 def test_upgrade_to_head_from_sync_code_and_alembic_cli(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sub' / 'cli.db'}"  # plain sqlite:// URL, missing folder
     migrate.upgrade_to_head(url)
-    assert asyncio.run(migrate.current_revision(url)) == "0001_initial"
+    assert asyncio.run(migrate.current_revision(url)) == migrate.head_revision()
     other = tmp_path / "alembic.db"
     env = {**os.environ, "LOGTRIAGE_DATABASE_URL": f"sqlite+aiosqlite:///{other}"}
     done = subprocess.run(
@@ -84,7 +112,7 @@ def test_upgrade_to_head_from_sync_code_and_alembic_cli(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert asyncio.run(migrate.current_revision(f"sqlite:///{other}")) == "0001_initial"
+    assert asyncio.run(migrate.current_revision(f"sqlite:///{other}")) == migrate.head_revision()
 
 
 @pytest.mark.postgres

@@ -300,13 +300,14 @@ def test_generate_fields_retries_an_open_field_once_within_the_budget() -> None:
 
     calls: list[tuple[str, str, int]] = []
 
-    def write(answer: str, budget: int) -> tuple[str, bool, int]:
-        calls.append(("write", answer.rsplit('"', 3)[-3], budget))
+    def write(answer: str, budget: int, key: str) -> tuple[str, bool, int]:
+        assert answer.rsplit('"', 3)[-3] == key
+        calls.append(("write", key, budget))
         looping = answer.endswith('"root_cause": "')  # the second field loops until its budget
         return ("loop loop" if looping else "fine", not looping, budget if looping else 5)
 
-    def retry(answer: str, budget: int) -> tuple[str, bool, int]:
-        calls.append(("retry", answer.rsplit('"', 3)[-3], budget))
+    def retry(answer: str, budget: int, key: str) -> tuple[str, bool, int]:
+        calls.append(("retry", key, budget))
         return "closed on retry", True, 7
 
     raws, closed = generate_fields(write, "timeout", "high", 1000, retry)

@@ -185,3 +185,52 @@ def test_train_limit_samples_the_categories_in_turn() -> None:
     assert sample_examples(examples, 500, seed=3) == list(range(len(examples)))
     with pytest.raises(DataError, match="unknown sample"):
         sample_examples(examples, 5, seed=3, how="stratified")
+
+
+def test_real_log_records_add_the_other_category_and_calibrate_its_threshold(
+    tiny_base: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """Real-log records beside the data are trained as category 'other'; the saved explainer carries the
+    category threshold calibrated on its held-out records, and inference loads it."""
+    from data_gen.real_anomalies import TRAIN_FILE, record
+    from large_model.schema import OTHER
+    from tests.large_model.test_grounding import HDFS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in (toy_data.name, "labels.json"):
+        (data / name).write_bytes((toy_data.parent / name).read_bytes())
+    rows = [record(f"real-{i}", HDFS[: 1 + i % 2], "HDFS") for i in range(12)]
+    (data / TRAIN_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    args = TrainLargeArgs(
+        data=data / toy_data.name,
+        output=tmp_path / "explainer",
+        base=str(tiny_base),
+        backend="peft",
+        device="cpu",
+        dtype="fp32",
+        max_steps=4,
+        batch_size=4,
+        save_every=0,
+        train_limit=0,
+        progress=False,
+    )
+    result = run_training(args)
+    labels = json.loads((args.output / "labels.json").read_text(encoding="utf-8"))
+    assert labels["categories"][-1] == OTHER
+    meta = json.loads((args.output / "explainer.json").read_text(encoding="utf-8"))
+    calibration = meta["calibration"]
+    assert meta["real"] == str(data / TRAIN_FILE) and result.metrics["real_examples"] > 0
+    assert 0.0 < meta["category_threshold"] <= 1.0 and calibration["examples"] > 0
+    assert calibration["known_confident"] >= 1 - args.other_quantile - 1 / calibration["examples"]
+    explainer = Explainer.from_pretrained(args.output, device="cpu", dtype="fp32")
+    assert explainer.category_threshold == meta["category_threshold"] and OTHER in explainer.labels.categories
+    explanation = explainer.explain_detailed(HDFS, generate=False).explanation
+    assert explanation.confidence is not None and 0.0 < explanation.confidence <= 1.0
+    if explanation.category != OTHER:
+        assert explanation.confidence >= meta["category_threshold"]
+    no_real = run_training(
+        TrainLargeArgs(**{**vars(args), "output": tmp_path / "synthetic", "use_real": False, "calibrate_examples": 0})
+    )
+    assert OTHER not in json.loads((no_real.output / "labels.json").read_text(encoding="utf-8"))["categories"]
+    assert "category_threshold" not in json.loads((no_real.output / "explainer.json").read_text(encoding="utf-8"))
