@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.cli_args import add_window_arguments
+from core.cli_args import DEVICE_HELP, add_window_arguments
 from core.errors import DataError
 from core.schema import SequenceRecord
 
@@ -70,7 +70,7 @@ def _detect(args: argparse.Namespace) -> int:
     from api.services import risk_level
     from small_model.registry import load_detector
 
-    detector = load_detector(detector_path)
+    detector = load_detector(detector_path, device=args.device or settings.device)
     total = flagged = 0
     records = _records(args)
     while batch := list(itertools.islice(records, args.batch_size)):
@@ -116,7 +116,11 @@ async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path:
 
         clusterer = await asyncio.to_thread(ClusterModel.from_pretrained, settings.cluster_path)
     detector = DetectorService(
-        await asyncio.to_thread(load_detector, detector_path), settings, metrics, args.top, clusterer=clusterer
+        await asyncio.to_thread(load_detector, detector_path, args.device or settings.device),
+        settings,
+        metrics,
+        args.top,
+        clusterer=clusterer,
     )
     db = Database(settings.database_url)
     await db.upgrade()
@@ -179,6 +183,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("input", nargs="?", default=None, help="file to score, or - for stdin")
     p.add_argument("--logs", nargs="+", default=None, metavar="LINE", help="score these lines instead of a file")
     p.add_argument("--detector", default=None, help="artifact folder (default LOGTRIAGE_DETECTOR_PATH)")
+    p.add_argument("--device", default=None, help=f"{DEVICE_HELP} (default LOGTRIAGE_DEVICE, cpu)")
     add_window_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON object per window")
     p.add_argument("--top", type=int, default=3, help="top contributing lines shown per anomaly")

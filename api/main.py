@@ -33,7 +33,7 @@ def load_models(settings: Settings) -> tuple[Any, Any, Any]:
     """The detector, the explainer (when enabled) and the cluster model (when configured) of the settings."""
     from small_model.registry import load_detector
 
-    detector = load_detector(settings.detector_path)
+    detector = load_detector(settings.detector_path, device=settings.device)
     explainer = clusterer = None
     if settings.load_explainer:
         from large_model.inference import load_explainer

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+DEVICE_HELP = "where the detector runs: cpu, cuda, cuda:N, or auto (CUDA where a GPU is there)"
+
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     """The input-format and windowing options (fixed, sliding, session)."""

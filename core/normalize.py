@@ -74,6 +74,8 @@ _NOT_NAMES = {
     "<user>",
 }
 
+# what the user mask needs in the (lower-cased) line before its regex runs
+_USER_KEYS = ("user", "uid", "login", "account", "用户")
 _MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*"
 _TIMESTAMP_PATTERNS = [
     # ISO 8601 / common: 2023-10-10 08:02:30,123 / 2023-10-10T08:02:30.123Z / 2005-06-03-15.42.50.675872
@@ -196,19 +198,22 @@ class Normalizer:
         text = line
         if c.drop_timestamps:
             text = self._ts.sub(" ", text)
-        if c.mask_urls:
+        # each mask runs only where the characters it needs are there (a substring test costs far less
+        # than a regex scan; the result is the same)
+        if c.mask_urls and "://" in text:
             text = self._url.sub("<url>", text)
-        if c.mask_emails:
+        if c.mask_emails and "@" in text:
             text = self._email.sub("<email>", text)
-        if c.mask_uuids:
+        if c.mask_uuids and text.count("-") >= 4:
             text = self._uuid.sub("<uuid>", text)
-        if c.mask_paths:
+        if c.mask_paths and ("/" in text or "\\" in text):
             text = self._path.sub("<path>", text)
-        if c.mask_ipv6:
+        if c.mask_ipv6 and text.count(":") >= 2:
             text = self._ipv6.sub("<ip>", text)
-        if c.mask_ipv4:
+        if c.mask_ipv4 and text.count(".") >= 3:
             text = self._ipv4_port.sub(lambda m: "<ip>:<port>" if m.group(1) and c.mask_ports else "<ip>", text)
-        if c.mask_ports:
+        lower = text.lower()
+        if c.mask_ports and "port" in lower:
             text = self._port.sub("port <port>", text)
         buckets: list[str] = []
         if c.bucket_durations:
@@ -222,7 +227,7 @@ class Normalizer:
         if c.drop_levels:
             text = self._leading_level.sub("", text.strip())
             text = self._inner_level.sub(" ", text)
-        if c.mask_users:
+        if c.mask_users and any(key in lower for key in _USER_KEYS):
             text = self._user.sub(self._mask_user, text)
         if c.mask_ids:
             text = self._id.sub(lambda m: f"{m.group(1)}<id>", text)
@@ -230,7 +235,8 @@ class Normalizer:
             text = self._hex.sub("<hex>", text)
         if c.mask_numbers:
             text = self._number.sub("<num>", text)
-            text = self._zh_number.sub("<num>", text)
+            if not text.isascii():
+                text = self._zh_number.sub("<num>", text)
         if buckets:
             text = re.sub("\ue000(.)\ue001", lambda m: buckets[ord(m.group(1)) - 0xE100], text)
         if c.lowercase:

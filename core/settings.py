@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     artifacts_dir: Path = Path("artifacts")
     # detector
     detector_path: Path = Path("artifacts/detector")
+    device: str = "cpu"  # where the detector runs: cpu, cuda, cuda:N, auto (CUDA where a GPU is there)
     encoder: str = "bundled:all-MiniLM-L6-v2"
     max_line_bytes: int = 10 * 1024 * 1024
     cluster_path: Path | None = None  # a `logtriage cluster` artifact: anomalies get a cluster id and description

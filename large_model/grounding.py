@@ -7,6 +7,11 @@ or ``10.0.0.1``, a bracketed ``[orders]``, the X of "the X service / flow / step
 two or more digits) must occur in what the model was shown (the sequence's lines and the evidence);
 :func:`ungrounded` lists those that do not. The extraction is a heuristic: it sees invented
 identifiers, numbers and named services or flows, not an invented plain-word claim.
+
+Generation enforces it on the summary and the root cause (:data:`GROUNDED_FIELDS`; the suggested
+response may name generic actions): :class:`Grounding` refuses a token once the name or number it
+extends is no longer a substring of the source, so names and numbers are copied, not invented; when no
+likely token passes, the field ends at its last sentence (:func:`cut_to_sentence`).
 """
 
 from __future__ import annotations

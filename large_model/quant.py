@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from core.devices import resolve_device
 from core.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -23,15 +24,6 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "unsloth", "peft")
 # the linear layers of Llama/Qwen2/Mistral-style decoders (unsloth wants names, peft takes "all-linear")
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``cuda`` where available for ``auto``; otherwise the named device."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device} asked for, but no CUDA GPU is available")
-    return device
 
 
 def _cpu_has_bf16() -> bool:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.cli_args import DEVICE_HELP
 from small_model.config import TRAIN_OPTIONS
 
 MODELS = ("moe-bert", "deeplog")
@@ -72,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     rows = []
     reports = {}
     for path in args.model_path:
-        detector = load_detector(path)
+        detector = load_detector(path, device=args.device)
         name = f"{detector_kind(path)} ({Path(path).name})"
         folder = out_root / Path(path).name if len(args.model_path) > 1 else out_root
         report = evaluate_detector(detector, records, folder, top_n=args.top, title=f"{name} on {Path(args.data).name}",
@@ -129,6 +130,7 @@ def add_commands(sub: Any) -> None:
     e.add_argument("model_path", nargs="+", help="detector artifact folder(s); the first is the main model")
     e.add_argument("--data", required=True, help="labeled sequence records")
     e.add_argument("--out", default="runs/evaluate", help="report folder (one sub-folder per model when several)")
+    e.add_argument("--device", default="cpu", help=DEVICE_HELP)
     e.add_argument("--top", type=int, default=20)
     e.add_argument("--no-tsne", action="store_true", help="skip embeddings and t-SNE (faster)")
     e.set_defaults(handler=_evaluate)

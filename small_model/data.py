@@ -25,11 +25,17 @@ class LineVectors:
     """
 
     def __init__(
-        self, encode: Callable[[list[str]], torch.Tensor], dim: int, max_lines: int = 50_000, batch_size: int = 256
+        self,
+        encode: Callable[[list[str]], torch.Tensor],
+        dim: int,
+        max_lines: int = 50_000,
+        batch_size: int = 256,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.encode, self.dim, self.max_lines, self.batch_size = encode, dim, max_lines, batch_size
+        self.device = torch.device(device)  # the table lives where the model reads it
         self.rows: dict[str, int] = {}
-        self.table = torch.zeros(0, dim)
+        self.table = torch.zeros(0, dim, device=self.device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -38,12 +44,12 @@ class LineVectors:
         """The table row of each line (new lines encoded and added)."""
         new = list(dict.fromkeys(line for line in lines if line not in self.rows))
         if new and len(self.rows) + len(new) > self.max_lines:
-            self.rows, self.table = {}, torch.zeros(0, self.dim)
+            self.rows, self.table = {}, torch.zeros(0, self.dim, device=self.device)
             new = list(dict.fromkeys(lines))
         if new:
             order = sorted(new, key=len)  # similar lengths together: less padding
             parts = [self.encode(order[i : i + self.batch_size]) for i in range(0, len(order), self.batch_size)]
-            self.table = torch.cat([self.table, *[p.float().cpu() for p in parts]])
+            self.table = torch.cat([self.table, *[p.float().to(self.device) for p in parts]])
             start = len(self.rows)
             self.rows.update({line: start + i for i, line in enumerate(order)})
         return [self.rows[line] for line in lines]

@@ -216,7 +216,7 @@ class Batcher:
             a = self.rng.randrange(len(e.ids) - size + 1) if len(e.ids) > size else 0
             windows.append((e.ids[a : a + size], e.classes[a : a + size], a + size >= len(e.ids)))
         batch = line_batch(windows, self.detector.model.end_class)
-        return batch, self.detector.vectors.table[batch.ids]
+        return batch, self.detector.vectors.table[batch.ids.to(self.detector.vectors.device)]
 
     def line_modeling(self, batch: LineBatch, vectors: torch.Tensor, mode: MoEMode) -> dict[str, torch.Tensor]:
         """Masked line modeling and forward line modeling on the same rows: their losses (``loss`` first)."""

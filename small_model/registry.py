@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from core.devices import resolve_device
 from core.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 DEEPLOG_MARKERS = ("deeplog_config.json", "drain3_state.json")
 
@@ -32,13 +36,19 @@ def detector_kind(path: str | Path) -> str:
     raise ModelError(f"{folder} is not a detector artifact (no config.json)")
 
 
-def load_detector(path: str | Path, **kwargs: Any) -> Any:
-    """The detector saved in ``path`` (``score``, ``threshold``, ``version``, ``line_contributions``)."""
+def load_detector(path: str | Path, device: str = "cpu", **kwargs: Any) -> Any:
+    """The detector saved in ``path`` (``score``, ``threshold``, ``version``, ``line_contributions``).
+
+    ``device`` (cpu, cuda, cuda:N, auto): where MoE-BERT runs; the DeepLog baseline, a small LSTM fed
+    row by row, always runs on the CPU (a GPU device is checked, then noted)."""
     kind = detector_kind(path)
+    resolved = resolve_device(device)
     if kind == "deeplog":
         from small_model.deeplog import DeepLogDetector
 
+        if resolved != "cpu":
+            log.info("the DeepLog detector runs on the CPU (device %s not used)", resolved)
         return DeepLogDetector.from_pretrained(path, **kwargs)
     from small_model.scoring import MoEBertDetector
 
-    return MoEBertDetector.from_pretrained(path, **kwargs)
+    return MoEBertDetector.from_pretrained(path, device=resolved, **kwargs)

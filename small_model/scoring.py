@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from core.devices import resolve_device
 from core.errors import ModelError
 from core.io import write_json
 from core.normalize import Normalizer
@@ -322,7 +323,8 @@ class MoEBertDetector:
         self.metrics = metrics or {}
         self.batch_size = batch_size
         self._line_map = {line: i for i, line in enumerate(model.config.line_vocab or [])}
-        self.vectors = LineVectors(self._encode_lines, int(model.config.line_dim or 0))
+        self.device = next(model.parameters()).device
+        self.vectors = LineVectors(self._encode_lines, int(model.config.line_dim or 0), device=self.device)
         # the service scores from worker threads: the line cache and its table change together
         self._lock = threading.RLock()
 
@@ -368,7 +370,9 @@ class MoEBertDetector:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, batch_size: int = 64, device: str = "cpu") -> MoEBertDetector:
-        """Load an artifact folder written by :meth:`save_pretrained` (or by training)."""
+        """Load an artifact folder written by :meth:`save_pretrained` (or by training); ``device``: cpu, cuda,
+        cuda:N or auto (:func:`core.devices.resolve_device`)."""
+        device = resolve_device(device)
         folder = Path(path)
         if not folder.is_dir():
             raise ModelError(f"{folder}: no such detector folder")
@@ -460,7 +464,7 @@ class MoEBertDetector:
                 p = prepared[s]
                 windows.append((p.ids[a : a + size], p.classes[a : a + size], a + size >= len(p.ids)))
             batch = line_batch(windows, end)
-            vectors = table[batch.ids]  # (B, L, D)
+            vectors = table[batch.ids.to(table.device)]  # (B, L, D)
             out = self.model(vectors, batch.classes, batch.real)
             logits, pooled = out.logits.double().cpu().numpy(), out.pooled.double().cpu().numpy()
             for r, (s, _, _) in enumerate(chunk):

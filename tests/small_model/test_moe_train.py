@@ -155,6 +155,26 @@ def test_label_free_line_contributions_point_at_the_injected_line(label_free_art
     assert hits >= 4
 
 
+def test_the_device_setting_loads_the_detector_where_asked(label_free_artifact) -> None:  # type: ignore[no-untyped-def]
+    """``auto`` is the CPU on a machine without CUDA, with the very scores of ``cpu``; CUDA asked for without a
+    GPU, or a device name that is none, is a one-line ModelError (the GPU is checked with bench/bench_detect.py)."""
+    from core.errors import ModelError
+    from small_model.registry import load_detector
+
+    path, test = label_free_artifact
+    lines = [r["log_entries"] for r in test[:24]]
+    on_cpu = load_detector(path, device="cpu")
+    assert on_cpu.device.type == "cpu" and on_cpu.vectors.table.device.type == "cpu"
+    if not torch.cuda.is_available():
+        auto = load_detector(path, device="auto")
+        assert auto.device.type == "cpu"
+        np.testing.assert_array_equal(auto.score(lines), on_cpu.score(lines))
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            load_detector(path, device="cuda")
+    with pytest.raises(ModelError, match="unknown device 'tpu'"):
+        load_detector(path, device="tpu")
+
+
 def test_supervised_training_separates_the_classes(tmp_path: Path) -> None:
     write(tmp_path / "train.json", records(320, 0.3, 4, "tr"))
     write(tmp_path / "val.json", records(100, 0.3, 5, "va"))
