@@ -85,7 +85,9 @@ class DetectorService:
         self.clusterer = clusterer
         self.metrics = metrics
         self.top_k = top_k
-        self.batcher: MicroBatcher[list[str], float] = MicroBatcher(
+        # a detector that gives each line's contribution from the passes of its score (MoE-BERT, label-free)
+        self._with_lines = callable(getattr(detector, "score_with_lines", None))
+        self.batcher: MicroBatcher[list[str], tuple[float, list[float] | None]] = MicroBatcher(
             self._score_batch, settings.batch_window_ms, settings.max_batch_size, settings.batching
         )
 
@@ -94,23 +96,33 @@ class DetectorService:
         """The loaded detector's version id."""
         return str(self.detector.version)
 
-    def _score_batch(self, sequences: list[list[str]]) -> list[float]:
+    def _score_batch(self, sequences: list[list[str]]) -> list[tuple[float, list[float] | None]]:
+        """Scores, with each line's contribution where the detector's passes give it (None: computed later,
+        for the flagged sequences only)."""
         self.metrics.batch_size.observe(len(sequences))
-        return [float(s) for s in self.detector.score(sequences)]
+        if self._with_lines:
+            scores, lines = self.detector.score_with_lines(sequences)  # type: ignore[attr-defined]
+            if lines is not None:
+                return [(float(s), c) for s, c in zip(scores, lines, strict=True)]
+        return [(float(s), None) for s in self.detector.score(sequences)]
 
-    def _top_lines(self, lines: list[str]) -> list[dict[str, Any]]:
-        contributions = self.detector.line_contributions(lines)
+    def _top_lines(self, lines: list[str], contributions: list[float] | None = None) -> list[dict[str, Any]]:
+        if contributions is None:
+            contributions = self.detector.line_contributions(lines)
         order = sorted(range(len(lines)), key=lambda i: contributions[i], reverse=True)[: self.top_k]
         return [{"index": i, "line": lines[i], "contribution": float(contributions[i])} for i in order]
 
     async def detect(self, sequences: list[list[str]]) -> list[Verdict]:
         """Score each sequence; anomalies also get the lines that raised their score most."""
-        scores = await self.batcher.submit(sequences)
+        scored = await self.batcher.submit(sequences)
         threshold = float(self.detector.threshold)
-        verdicts = [Verdict(s, s >= threshold, risk_level(s, threshold), threshold, self.version) for s in scores]
-        for verdict, lines in zip(verdicts, sequences, strict=True):
+        verdicts = [Verdict(s, s >= threshold, risk_level(s, threshold), threshold, self.version) for s, _ in scored]
+        for verdict, lines, (_, contributions) in zip(verdicts, sequences, scored, strict=True):
             if verdict.is_anomaly and len(lines) > 1:
-                verdict.top_lines = await asyncio.to_thread(self._top_lines, lines)
+                if contributions is not None:  # from the passes of the score: no extra forward
+                    verdict.top_lines = self._top_lines(lines, contributions)
+                else:
+                    verdict.top_lines = await asyncio.to_thread(self._top_lines, lines)
         flagged = [i for i, v in enumerate(verdicts) if v.is_anomaly]
         if self.clusterer is not None and flagged:
             clusters = await asyncio.to_thread(self.clusterer.predict, [sequences[i] for i in flagged])

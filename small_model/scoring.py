@@ -550,7 +550,11 @@ class MoEBertDetector:
         """Raw component scores (``head`` as a logit, ``knn``, the reconstruction parts ``lines`` and ``next``
         and their worst ``recon``) and the ``pooled`` embeddings of normalized sequences."""
         recon = any(c in components for c in (*RECON_PARTS, "recon"))
-        scores = self.line_scores(sequences, recon=recon)
+        return self._raw_from(self.line_scores(sequences, recon=recon), components)
+
+    def _raw_from(self, scores: LineScores, components: Sequence[str]) -> dict[str, np.ndarray]:
+        """:meth:`raw_from_lines` of line scores already computed."""
+        recon = bool(scores.line_nll)
         result: dict[str, np.ndarray] = {"head": scores.head, "pooled": scores.pooled}
         if recon:
             lines = [
@@ -630,6 +634,34 @@ class MoEBertDetector:
         """Score, decision and risk level of each sequence."""
         thr = self.threshold
         return [Detection(float(s), bool(s >= thr), risk_level(float(s), thr)) for s in self.score(sequences)]
+
+    def score_with_lines(self, sequences: Sequence[Sequence[str]]) -> tuple[np.ndarray, list[list[float]] | None]:
+        """:meth:`score` and, where the score's own passes give them (a fused artifact with a reconstruction
+        part), :meth:`line_contributions` of every sequence from the same passes; ``None`` otherwise (a
+        supervised artifact scores with the head alone: its top lines need the line passes, which
+        :meth:`line_contributions` runs for the sequences that need them)."""
+        if not sequences:
+            return np.zeros(0), []
+        components = [*self.calibration.active(), "head"] if self.calibration.fused else ["head"]
+        if not any(c in RECON_PARTS for c in components):
+            return self.score(sequences), None
+        kept_all: list[list[int]] = []
+        normalized: list[list[str]] = []
+        for lines in sequences:
+            texts = [self.normalizer.normalize(line).strip() for line in lines]
+            kept = [i for i, t in enumerate(texts) if t]
+            kept_all.append(kept)
+            normalized.append([texts[i] for i in kept] or [""])
+        scores = self.line_scores(normalized, recon=True)
+        fused = self.calibration.fuse(self._raw_from(scores, components))
+        stats = self.calibration.stats.get("recon", ScoreStats())
+        contributions = []
+        for lines, kept, per in zip(sequences, kept_all, self.line_surprise(scores), strict=True):
+            out = [0.0] * len(lines)
+            for i, v in zip(kept, stats.apply(per), strict=False):
+                out[i] = float(v)
+            contributions.append(out)
+        return fused, contributions
 
     def line_contributions(self, lines: Sequence[str]) -> list[float]:
         """How anomalous each raw line looks, in [0, 1]: its worst standardized surprise (masked, as the

@@ -155,6 +155,41 @@ def test_label_free_line_contributions_point_at_the_injected_line(label_free_art
     assert hits >= 4
 
 
+def test_score_with_lines_gives_the_score_and_the_top_lines_in_one_pass(label_free_artifact) -> None:  # type: ignore[no-untyped-def]
+    """The served path: the fused score and every line's contribution from the same passes, equal to
+    ``score`` and to ``line_contributions`` run on their own (a line the normalizer empties counts 0)."""
+    path, test = label_free_artifact
+    detector = MoEBertDetector.from_pretrained(path)
+    sequences = [r["log_entries"] for r in test[:20]]
+    sequences[3] = [*sequences[3][:2], "2024-05-01 10:00:01", *sequences[3][2:]]  # a line that normalizes to nothing
+    scores, lines = detector.score_with_lines(sequences)
+    np.testing.assert_allclose(scores, detector.score(sequences), rtol=0, atol=1e-9)
+    assert lines is not None and [len(x) for x in lines] == [len(s) for s in sequences]
+    assert lines[3][2] == 0.0
+    for seq, contributions in zip(sequences, lines, strict=True):
+        np.testing.assert_allclose(contributions, detector.line_contributions(seq), rtol=0, atol=2e-3)
+    empty_scores, empty_lines = detector.score_with_lines([])
+    assert len(empty_scores) == 0 and empty_lines == []
+
+
+async def test_the_service_takes_top_lines_from_the_scoring_passes(label_free_artifact) -> None:  # type: ignore[no-untyped-def]
+    from api.metrics import Metrics
+    from api.services import DetectorService
+    from core.settings import Settings
+
+    path, test = label_free_artifact
+    detector = MoEBertDetector.from_pretrained(path)
+    service = DetectorService(detector, Settings(batching=False), Metrics())
+    sequences = [r["log_entries"] for r in test if r["label"] == 1][:6]
+    verdicts = await service.detect(sequences)
+    flagged = [(v, s) for v, s in zip(verdicts, sequences, strict=True) if v.is_anomaly]
+    assert flagged
+    for verdict, lines in flagged:
+        alone = detector.line_contributions(lines)
+        assert verdict.top_lines is not None
+        assert [t["index"] for t in verdict.top_lines] == sorted(range(len(lines)), key=lambda i: -alone[i])[:3]
+
+
 def test_the_device_setting_loads_the_detector_where_asked(label_free_artifact) -> None:  # type: ignore[no-untyped-def]
     """``auto`` is the CPU on a machine without CUDA, with the very scores of ``cpu``; CUDA asked for without a
     GPU, or a device name that is none, is a one-line ModelError (the GPU is checked with bench/bench_detect.py)."""
