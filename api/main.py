@@ -43,6 +43,20 @@ def load_models(settings: Settings) -> tuple[Any, Any, Any]:
         from small_model.clustering import ClusterModel
 
         clusterer = ClusterModel.from_pretrained(settings.cluster_path)
+        fitted_on = str(clusterer.meta.get("detector_version") or "")
+        if fitted_on and fitted_on == str(getattr(detector, "version", "")):
+            clusterer.detector = detector  # one detector in the process: the serving one gives the features
+        else:
+            log.warning(
+                "the cluster model %s was fitted on the features of detector %s (version %s), not of the serving "
+                "one (version %s): it loads that detector beside it (fit it on the serving detector: "
+                "logtriage cluster --detector %s)",
+                settings.cluster_path,
+                clusterer.meta.get("detector_path"),
+                fitted_on or "unknown",
+                getattr(detector, "version", "unknown"),
+                settings.detector_path,
+            )
     return detector, explainer, clusterer
 
 

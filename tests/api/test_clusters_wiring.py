@@ -39,3 +39,22 @@ async def test_detect_returns_and_stores_the_cluster(
         assert all(d["cluster_id"] is None for d in body["detections"] if not d["is_anomaly"])
         stored = (await client.get(f"/detections/{flagged[0]['id']}")).json()
         assert (stored["cluster_id"], stored["cluster_description"]) == expected[0]
+
+
+def test_the_cluster_model_takes_the_serving_detector(
+    cluster_model: Any, tiny_detector_path: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One detector in the process: a cluster model fitted on the serving detector's features uses that
+    detector; one fitted on another detector says so and keeps its own."""
+    from api.main import load_models
+
+    folder = cluster_model.save_pretrained(tmp_path / "clusters")
+    settings = Settings(detector_path=tiny_detector_path, cluster_path=folder, load_explainer=False)
+    detector, _, clusterer = load_models(settings)
+    assert clusterer.detector is detector
+    other = tmp_path / "other"
+    cluster_model.meta["detector_version"] = "another-detector"
+    cluster_model.save_pretrained(other)
+    with caplog.at_level("WARNING"):
+        detector, _, clusterer = load_models(settings.model_copy(update={"cluster_path": other}))
+    assert clusterer.detector is not detector and "not of the serving one" in caplog.text
