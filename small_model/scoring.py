@@ -265,19 +265,19 @@ def line_batch(windows: Sequence[tuple[Sequence[int], Sequence[int], bool]], end
     """Pad windows ``(table ids, classes, ends the sequence)`` into a :class:`LineBatch`."""
     width = max(len(w[0]) for w in windows)
     B = len(windows)
-    ids = torch.zeros(B, width, dtype=torch.long)
-    classes = torch.zeros(B, width, dtype=torch.long)
-    real = torch.zeros(B, width, dtype=torch.bool)
-    nxt = torch.full((B, width), -100, dtype=torch.long)
+    ids = np.zeros((B, width), dtype=np.int64)
+    classes = np.zeros((B, width), dtype=np.int64)
+    real = np.zeros((B, width), dtype=bool)
+    nxt = np.full((B, width), -100, dtype=np.int64)
     for b, (row_ids, row_classes, ends) in enumerate(windows):
         n = len(row_ids)
-        ids[b, :n] = torch.tensor(row_ids, dtype=torch.long)
-        classes[b, :n] = torch.tensor(row_classes, dtype=torch.long)
+        ids[b, :n] = row_ids
+        classes[b, :n] = row_classes
         real[b, :n] = True
         nxt[b, : n - 1] = classes[b, 1:n]
         if ends:
             nxt[b, n - 1] = end_class
-    return LineBatch(ids, classes, real, nxt)
+    return LineBatch(torch.from_numpy(ids), torch.from_numpy(classes), torch.from_numpy(real), torch.from_numpy(nxt))
 
 
 @dataclass
@@ -288,6 +288,11 @@ class _Prepared:
     classes: list[int]
     starts: list[int]
     owner: list[int]
+
+    @property
+    def owner_array(self) -> np.ndarray:
+        """``owner`` as an array."""
+        return np.asarray(self.owner)
 
 
 @dataclass
@@ -473,15 +478,25 @@ class MoEBertDetector:
             if not recon:
                 continue
             # forward line modeling: the line after each line, scored in the window that owns that next line
-            owned_next = torch.zeros_like(batch.real)
-            owned_line = torch.zeros_like(batch.real)
+            owned_line_np = np.zeros(tuple(batch.real.shape), dtype=bool)
+            owned_next_np = np.zeros(tuple(batch.real.shape), dtype=bool)
+            ends = batch.nxt[:, :].eq(end).numpy()
             for r, (s, w, a) in enumerate(chunk):
                 p = prepared[s]
-                width = min(size, len(p.ids) - a)
-                for pos in range(width):
-                    i = a + pos
-                    owned_line[r, pos] = p.owner[i] == w
-                    owned_next[r, pos] = (p.owner[i + 1] == w) if i + 1 < len(p.ids) else bool(batch.nxt[r, pos] == end)
+                n_lines = len(p.ids)
+                width = min(size, n_lines - a)
+                if len(p.starts) == 1:  # one window shows the whole sequence: it owns every line
+                    owned_line_np[r, :width] = True
+                    owned_next_np[r, : width - 1] = True
+                else:
+                    owner = p.owner_array
+                    owned_line_np[r, :width] = owner[a : a + width] == w
+                    follow = owner[a + 1 : a + width + 1] == w  # the owner of each line's successor
+                    owned_next_np[r, : len(follow)] = follow
+                if a + width == n_lines:  # the end after the last line
+                    owned_next_np[r, width - 1] = ends[r, width - 1]
+            owned_line = torch.from_numpy(owned_line_np)
+            owned_next = torch.from_numpy(owned_next_np)
             targets = batch.nxt.masked_fill(~owned_next, -100)
             out = self.model(vectors, batch.classes, batch.real, causal=True, next_labels=targets)
             assert out.next_nll is not None
