@@ -87,6 +87,9 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None, help="the first N sequences only")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--normalize-workers", type=int, default=None, help="processes that normalize (default: the detector's)"
+    )
     p.add_argument("--compare-device", default=None, help="also score on this device and compare the scores")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = p.parse_args()
@@ -97,6 +100,8 @@ def main() -> int:
     sequences = [r.log_entries for r in records]
     n = len(sequences)
     detector = MoEBertDetector.from_pretrained(args.model, batch_size=args.batch_size, device=device)
+    if args.normalize_workers is not None:
+        detector.normalize_workers = args.normalize_workers
 
     def sync() -> None:
         if device.startswith("cuda"):
@@ -111,6 +116,7 @@ def main() -> int:
         "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
+        "normalize_workers": detector.normalize_workers,
     }
     rates: dict[str, float] = {}
     rates["score"] = best_rate(n, lambda: detector.score(sequences), args.repeat, sync)
@@ -135,7 +141,8 @@ def main() -> int:
                               "flag_disagreements": int(((scores >= detector.threshold)
                                                          != (other.score(sequences) >= other.threshold)).sum())}  # fmt: skip
     print(f"{args.model} on {args.data}: {n} sequences, {figures['mean_lines']:.1f} lines each, "
-          f"{figures['device']}, {figures['torch_threads']} threads, batch {args.batch_size}")  # fmt: skip
+          f"{figures['device']}, {figures['torch_threads']} threads, batch {args.batch_size}, "
+          f"{detector.normalize_workers} normalizing processes")  # fmt: skip
     print("\n| what | seq/s | × bare forward |\n|---|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:,.0f} | {rate / rates['bare forward']:.3f} |")

@@ -261,3 +261,53 @@ class Normalizer:
         """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
         known = {f.name for f in fields(NormalizerConfig)}
         return cls(NormalizerConfig(**{k: v for k, v in data.items() if k in known}))
+
+
+_WORKER: Normalizer | None = None
+
+
+def _start_worker(config: dict[str, Any]) -> None:
+    global _WORKER
+    _WORKER = Normalizer(NormalizerConfig(**config))
+
+
+def _normalize_chunk(lines: list[str]) -> list[str]:
+    assert _WORKER is not None
+    return [_WORKER.normalize(line) for line in lines]
+
+
+class NormalizerPool:
+    """One normalizer's masks applied on several processes: a GPU's host has cores to spare, and at
+    tens of thousands of lines a second one Python thread is what caps the detector there.
+
+    The processes start on first use (``spawn``: safe beside CUDA) and live until :meth:`close`.
+    Lines go out in chunks of at least ``min_chunk``; fewer lines than two chunks are normalized here.
+    """
+
+    def __init__(self, normalizer: Normalizer, workers: int, min_chunk: int = 2048) -> None:
+        self.normalizer, self.workers, self.min_chunk = normalizer, workers, min_chunk
+        self._pool: Any = None
+
+    def normalize(self, lines: list[str]) -> list[str]:
+        """The masked form of each line, in order."""
+        if self.workers < 2 or len(lines) < 2 * self.min_chunk:
+            return [self.normalizer.normalize(line) for line in lines]
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(asdict(self.normalizer.config),),
+            )
+        size = max(self.min_chunk, -(-len(lines) // (self.workers * 2)))
+        chunks = [lines[i : i + size] for i in range(0, len(lines), size)]
+        return [text for part in self._pool.map(_normalize_chunk, chunks) for text in part]
+
+    def close(self) -> None:
+        """Stop the processes."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None

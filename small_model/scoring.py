@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,9 +38,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from core.devices import resolve_device
 from core.errors import ModelError
 from core.io import write_json
-from core.normalize import Normalizer
+from core.normalize import Normalizer, NormalizerPool
 from small_model.common import weights_digest
-from small_model.data import LineVectors, normalize_lines, window_owner, window_starts
+from small_model.data import LineVectors, window_owner, window_starts
 from small_model.modeling import CONFIG_NAME, WEIGHTS_NAME, MoEBertForLogAnomaly
 
 logger = logging.getLogger(__name__)
@@ -329,6 +330,10 @@ class MoEBertDetector:
         self.batch_size = batch_size
         self._line_map = {line: i for i, line in enumerate(model.config.line_vocab or [])}
         self.device = next(model.parameters()).device
+        # processes that normalize large batches: a GPU's host has cores to spare, a CPU's run the model
+        cores = os.cpu_count() or 1
+        self.normalize_workers = min(16, cores - 1) if self.device.type == "cuda" and cores > 2 else 0
+        self._pool: NormalizerPool | None = None
         self.vectors = LineVectors(self._encode_lines, int(model.config.line_dim or 0), device=self.device)
         # the service scores from worker threads: the line cache and its table change together
         self._lock = threading.RLock()
@@ -406,9 +411,25 @@ class MoEBertDetector:
 
     # ------------------------------------------------------------------------- lines
 
+    def line_texts(self, sequences: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Every line of each sequence normalized and stripped (empty ones kept, in place), on
+        :attr:`normalize_workers` processes when there are that many and the lines are many."""
+        flat = [line for lines in sequences for line in lines]
+        if self.normalize_workers > 1:
+            if self._pool is None:
+                self._pool = NormalizerPool(self.normalizer, self.normalize_workers)
+            texts = self._pool.normalize(flat)
+        else:
+            texts = [self.normalizer.normalize(line) for line in flat]
+        out, pos = [], 0
+        for lines in sequences:
+            out.append([t.strip() for t in texts[pos : pos + len(lines)]])
+            pos += len(lines)
+        return out
+
     def normalize(self, sequences: Sequence[Sequence[str]]) -> list[list[str]]:
-        """The normalized lines of each sequence (the model's input)."""
-        return [normalize_lines(lines, self.normalizer) for lines in sequences]
+        """The normalized lines of each sequence (the model's input): :func:`data.normalize_lines` of each."""
+        return [[t for t in texts if t] or [""] for texts in self.line_texts(sequences)]
 
     def _encode_lines(self, lines: list[str]) -> torch.Tensor:
         enc = self.tokenizer(
@@ -662,8 +683,7 @@ class MoEBertDetector:
             return self.score(sequences), None
         kept_all: list[list[int]] = []
         normalized: list[list[str]] = []
-        for lines in sequences:
-            texts = [self.normalizer.normalize(line).strip() for line in lines]
+        for texts in self.line_texts(sequences):
             kept = [i for i, t in enumerate(texts) if t]
             kept_all.append(kept)
             normalized.append([texts[i] for i in kept] or [""])

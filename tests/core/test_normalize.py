@@ -53,3 +53,21 @@ def test_rules_are_configurable_and_serialisable() -> None:
     assert n("ERROR from 10.1.2.3") == "error from 10.1.2.3"
     again = Normalizer.from_dict(n.to_dict())
     assert again.config == n.config
+
+
+def test_a_pool_of_processes_masks_as_one_normalizer_does(loghub_dir) -> None:  # type: ignore[no-untyped-def]
+    from core.loghub import iter_loghub
+    from core.normalize import NormalizerPool
+
+    lines = [
+        x.raw for system in ("HDFS", "BGL", "OpenStack") for x in iter_loghub(loghub_dir / system / f"{system}_2k.log")
+    ]
+    normalizer = Normalizer(NormalizerConfig(lowercase=True))
+    pool = NormalizerPool(normalizer, workers=2, min_chunk=500)
+    try:
+        assert pool.normalize(lines) == [normalizer.normalize(line) for line in lines]
+        assert pool._pool is not None  # the lines went to the processes
+        assert pool.normalize(lines[:10]) == [normalizer.normalize(line) for line in lines[:10]]  # few: here
+    finally:
+        pool.close()
+    assert pool._pool is None

@@ -208,6 +208,16 @@ def test_the_device_setting_loads_the_detector_where_asked(label_free_artifact) 
             load_detector(path, device="cuda")
     with pytest.raises(ModelError, match="unknown device 'tpu'"):
         load_detector(path, device="tpu")
+    # a GPU's host normalizes on several processes: the same scores
+    from core.normalize import NormalizerPool
+
+    pooled = load_detector(path, device="cpu")
+    pooled.normalize_workers, pooled._pool = 2, NormalizerPool(pooled.normalizer, 2, min_chunk=32)
+    try:
+        np.testing.assert_array_equal(pooled.score(lines), on_cpu.score(lines))
+        assert pooled._pool._pool is not None
+    finally:
+        pooled._pool.close()
 
 
 def test_supervised_training_separates_the_classes(tmp_path: Path) -> None:
