@@ -107,6 +107,21 @@ def grounding_source(log_entries: Sequence[str | bytes], messages: Sequence[Mapp
 
 def _fallback_text(field_name: str, category: str, severity: str, lang: str) -> str:
     what = category.replace("_", " ")
+    if category == OTHER:
+        other = {
+            "zh": {
+                "summary": f"检测到一个不属于已知类别的异常（严重程度 {severity}）。",
+                "root_cause": "模型未给出根因；请查看日志序列。",
+                "suggested_response": "查看被标记的日志行及其前后的日志，检查写出这些日志的组件。",
+            },
+            "en": {
+                "summary": f"An anomaly unlike the known categories, of {severity} severity, was detected.",
+                "root_cause": "The model gave no root cause; inspect the log sequence.",
+                "suggested_response": "Read the flagged lines and those around them, and check the component "
+                "that wrote them.",
+            },
+        }
+        return other["zh" if lang == "zh" else "en"][field_name]
     if lang == "zh":
         table = {
             "summary": f"检测到 {what} 异常（严重程度 {severity}）。",

@@ -100,6 +100,9 @@ def test_build_explanation_marks_what_the_model_did_not_write() -> None:
         assert not build_explanation("timeout", "high", raws, [True] * 3, "zh", "m", "b")[1]
     explanation, complete = build_explanation("timeout", "high", [], [], "zh", "m", "b")
     assert not complete and "timeout" in explanation.summary
+    explanation, _ = build_explanation("other", "medium", [], [], "en", "m", "b")  # outside the taxonomy
+    assert explanation.summary.startswith("An anomaly unlike the known categories")
+    assert "不属于已知类别" in build_explanation("other", "low", [], [], "zh", "m", "b")[0].summary
 
 
 def test_clean_lines() -> None:
