@@ -24,6 +24,15 @@ evaluation and inference build the same prompts. No default reference file: a wa
 run trains without evidence; ``--no-evidence`` turns it off. Records with chat messages and no
 ``log_entries`` keep their prompts as written (no evidence).
 
+Real logs (``--real``, default ``real_anomalies_train.jsonl`` beside ``--data``, which
+``data_gen/real_anomalies.py`` writes from the loghub samples): real anomalies join the training
+records as category ``other`` (added to the label set), with texts that quote only their own lines.
+After training, the saved explainer scores up to ``--calibrate-examples`` held-out records of known
+categories; the ``--other-quantile`` quantile of their category confidence (the chosen label's
+softmax share) becomes ``category_threshold`` in ``explainer.json``: below it, inference answers
+``other``. ``metrics.json`` and ``explainer.json`` record the calibration (held-out accuracy, the
+share kept confident, the share of held-out real records answered ``other``).
+
 Defaults aim at the bundled 135M base on one CPU core in under 30 minutes: LoRA r=16 on the top 4
 of its 30 layers only, a seeded sample of 200 training examples (``--train-limit``; the
 categories in turn, ``--sample``) seen for
