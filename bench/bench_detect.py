@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.devices import resolve_device
 from core.io import read_records
-from small_model.data import LineVectors
+from small_model.data import LineVectors, window_starts
 from small_model.scoring import MoEBertDetector, line_batch
 
 
@@ -64,7 +64,7 @@ def bare_forward(detector: MoEBertDetector, normalized: list[list[str]]) -> Call
         windows = []
         for seq in normalized[begin : begin + detector.batch_size]:
             ids, classes = detector.vectors.ids(seq), detector.line_classes(seq)
-            for a in range(0, max(1, len(seq) - size + 1), size // 2):
+            for a in window_starts(len(seq), size):
                 windows.append((ids[a : a + size], classes[a : a + size], a + size >= len(seq)))
         batch = line_batch(windows, end)
         vectors = detector.vectors.table[batch.ids.to(detector.vectors.device)]

@@ -646,10 +646,14 @@ class MoEBertDetector:
             notes[f"{kind}_rare_pooled"] = int(pooled)
         return notes
 
+    def _components(self) -> list[str]:
+        """The parts the score needs: the weighted ones and the head (the head alone when nothing is fused)."""
+        return [*self.calibration.active(), "head"] if self.calibration.fused else ["head"]
+
     def raw_scores(self, sequences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
         """Raw component scores (``head``, ``knn``, ``lines``, ``next``, ``recon``) and ``pooled`` embeddings of
         raw sequences."""
-        components = [*self.calibration.active(), "head"] if self.calibration.fused else ["head"]
+        components = self._components()
         return self.raw_from_lines(self.normalize(sequences), components)
 
     # ------------------------------------------------------------------------- public API
@@ -678,25 +682,28 @@ class MoEBertDetector:
         :meth:`line_contributions` runs for the sequences that need them)."""
         if not sequences:
             return np.zeros(0), []
-        components = [*self.calibration.active(), "head"] if self.calibration.fused else ["head"]
+        components = self._components()
         if not any(c in RECON_PARTS for c in components):
             return self.score(sequences), None
-        kept_all: list[list[int]] = []
-        normalized: list[list[str]] = []
-        for texts in self.line_texts(sequences):
-            kept = [i for i, t in enumerate(texts) if t]
-            kept_all.append(kept)
-            normalized.append([texts[i] for i in kept] or [""])
-        scores = self.line_scores(normalized, recon=True)
+        texts_all = self.line_texts(sequences)
+        kept_all = [[i for i, t in enumerate(texts) if t] for texts in texts_all]
+        scores = self.line_scores(
+            [[texts[i] for i in kept] or [""] for texts, kept in zip(texts_all, kept_all, strict=True)], recon=True
+        )
         fused = self.calibration.fuse(self._raw_from(scores, components))
-        stats = self.calibration.stats.get("recon", ScoreStats())
-        contributions = []
-        for lines, kept, per in zip(sequences, kept_all, self.line_surprise(scores), strict=True):
-            out = [0.0] * len(lines)
-            for i, v in zip(kept, stats.apply(per), strict=False):
-                out[i] = float(v)
-            contributions.append(out)
-        return fused, contributions
+        per_line = self.line_surprise(scores)
+        return fused, [
+            self._spread(len(lines), kept, per) for lines, kept, per in zip(sequences, kept_all, per_line, strict=True)
+        ]
+
+    def _spread(self, n: int, kept: Sequence[int], per: np.ndarray) -> list[float]:
+        """Line surprises of the kept lines through the reconstruction score's normalization, placed at their
+        indices among ``n`` raw lines (a line the normalizer empties gets 0)."""
+        stats = self.calibration.stats.get("recon", ScoreStats())  # the worst part's normalization
+        out = [0.0] * n
+        for i, v in zip(kept, stats.apply(per), strict=False):
+            out[i] = float(v)
+        return out
 
     def line_contributions(self, lines: Sequence[str]) -> list[float]:
         """How anomalous each raw line looks, in [0, 1]: its worst standardized surprise (masked, as the
@@ -704,16 +711,11 @@ class MoEBertDetector:
         normalization. Lines the normalizer empties get 0. One scoring pass, no extra forwards."""
         if not lines:
             return []
-        normalized = [self.normalizer.normalize(line).strip() for line in lines]
-        kept = [i for i, t in enumerate(normalized) if t]
+        texts = self.line_texts([lines])[0]
+        kept = [i for i, t in enumerate(texts) if t]
         if not kept:
             return [0.0] * len(lines)
-        per = self.line_surprise(self.line_scores([[normalized[i] for i in kept]]))[0]
-        stats = self.calibration.stats.get("recon", ScoreStats())  # the worst part's normalization
-        out = [0.0] * len(lines)
-        for i, v in zip(kept, stats.apply(per), strict=True):
-            out[i] = float(v)
-        return out
+        return self._spread(len(lines), kept, self.line_surprise(self.line_scores([[texts[i] for i in kept]]))[0])
 
 
 def knn_distance(queries: np.ndarray, bank: torch.Tensor, k: int) -> np.ndarray:
