@@ -22,5 +22,9 @@ class DataError(LogTriageError):
         super().__init__(f"{where}{message}")
 
 
+class LimitError(DataError):
+    """Input over a configured size or work limit (the API answers 413 with this message)."""
+
+
 class ModelError(LogTriageError):
     """A model folder that cannot be loaded or used."""

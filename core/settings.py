@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     max_sequences_per_request: int = 256
     max_lines_per_sequence: int = 1000
     max_line_bytes_request: int = 16 * 1024
+    # the work one request may ask for, checked before any of it is done (windows counted with their
+    # overlaps); sized so that 64 clients at the limit keep a 2-core machine answering (README: Limits)
+    max_lines_per_request: int = 20_000
+    max_bytes_per_request: int = 4 * 1024 * 1024
     max_body_bytes: int = 8 * 1024 * 1024
     seed: int = 42
 

@@ -3,17 +3,23 @@
 Three strategies behind one function (:func:`make_windows`): fixed windows of ``size`` lines,
 sliding windows of ``size`` lines every ``step`` lines, and sessions grouped by a key taken
 from each line by a regex (first group, or the whole match) or from a field of a parsed record.
+
+Session key regexes are user input (the API takes one per request), so they run on RE2: matching
+takes time linear in the line, whatever the pattern (no catastrophic backtracking); the features
+RE2 leaves out (backreferences, lookaround) are refused with a clear error.
+:func:`window_work` gives the lines a windowing will produce before any window is built.
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from core.errors import DataError
+import re2
+
+from core.errors import DataError, LimitError
 
 WindowType = Literal["fixed", "sliding", "session"]
 
@@ -81,19 +87,18 @@ def session_windows(
     key: str | Callable[[str], str | None],
     max_open: int = 100_000,
     unmatched: Literal["drop", "own"] = "drop",
+    max_lines: int | None = None,
 ) -> Iterator[Window]:
     """Group lines by a session key: a regex (its first group, else the whole match) or a function.
 
     Sessions are emitted when the stream ends; to keep memory bounded the oldest open session is
     emitted when more than ``max_open`` are open. Lines without a key are dropped, or with
     ``unmatched="own"`` collected into a session named ``<none>``. A line carrying several keys
-    (HDFS lines naming two blocks) joins each of their sessions.
+    (HDFS lines naming two blocks) joins each of their sessions. With ``max_lines``, a
+    :class:`LimitError` is raised as soon as the sessions hold more lines than that in all.
     """
     if isinstance(key, str):
-        try:
-            pattern = re.compile(key)
-        except re.error as exc:
-            raise DataError(f"invalid session key regex {key!r}: {exc}") from None
+        pattern = compile_key(key)
 
         def keys_of(line: str) -> list[str]:
             found = []
@@ -110,6 +115,7 @@ def session_windows(
             return [value] if value is not None else []
 
     open_sessions: OrderedDict[str, Window] = OrderedDict()
+    held = 0
     for number, line in enumerate(lines, start=1):
         keys = keys_of(line)
         if not keys:
@@ -125,7 +131,38 @@ def session_windows(
                 window = open_sessions[k] = Window(k, [], [])
             window.lines.append(line)
             window.line_numbers.append(number)
+            held += 1
+            if max_lines is not None and held > max_lines:
+                raise LimitError(f"the sessions hold more than {max_lines} lines in all")
     yield from open_sessions.values()
+
+
+def compile_key(key: str) -> Any:
+    """A session key regex compiled by RE2 (linear-time matching); a clear error for what RE2 refuses."""
+    options = re2.Options()
+    options.log_errors = False  # the error goes to the caller, not to stderr
+    try:
+        return re2.compile(key, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise DataError(
+            f"invalid session key regex {key!r}: {reason} (RE2 syntax: no backreferences or lookaround)"
+        ) from None
+
+
+def window_work(n_lines: int, window_type: WindowType, size: int, step: int | None = None) -> int | None:
+    """How many lines fixed or sliding windows of ``n_lines`` lines hold in all (overlaps counted), without
+    building them; None for sessions (their size depends on the keys: count while grouping)."""
+    if window_type == "fixed" or n_lines <= size:
+        return n_lines
+    if window_type == "sliding":
+        stride = step or max(1, size // 2)
+        if size < 1 or stride < 1:
+            return n_lines
+        full = (n_lines - size) // stride + 1
+        last = 1 if (full - 1) * stride + size < n_lines else 0
+        return (full + last) * size
+    return None
 
 
 def make_windows(
@@ -134,8 +171,10 @@ def make_windows(
     size: int = 10,
     step: int | None = None,
     key: str | Callable[[str], str | None] | None = None,
+    max_lines: int | None = None,
 ) -> Iterator[Window]:
-    """One entry point for the three strategies (the CLI and the API use this)."""
+    """One entry point for the three strategies (the CLI and the API use this); ``max_lines`` bounds the
+    lines sessions may hold (fixed and sliding windows are counted beforehand with :func:`window_work`)."""
     if window_type == "fixed":
         return fixed_windows(lines, size)
     if window_type == "sliding":
@@ -143,5 +182,5 @@ def make_windows(
     if window_type == "session":
         if key is None:
             raise DataError("session windows need a key (a regex such as 'blk_-?\\d+')")
-        return session_windows(lines, key)
+        return session_windows(lines, key, max_lines=max_lines)
     raise DataError(f"unknown window type {window_type!r} (use fixed, sliding or session)")

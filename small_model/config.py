@@ -62,7 +62,7 @@ class DetectorConfig:
     scratch_intermediate: int = 1024
     add_placeholder_tokens: bool = True
     max_line_tokens: int = 128  # a line's vector reads its first N tokens; its class is its whole text
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CPUs with AMX/AVX512-BF16
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CPUs with AMX
     # the sequence model over line vectors
     seq_layers: int = 2
     seq_hidden: int = 256

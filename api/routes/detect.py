@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
@@ -9,9 +11,9 @@ from fastapi import APIRouter, HTTPException, status
 from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
 from api.schemas import DetectionOut, DetectRequest, DetectResponse, LineContribution
 from api.services import DetectorService
-from core.errors import DataError
+from core.errors import DataError, LimitError
 from core.settings import Settings
-from core.windowing import make_windows
+from core.windowing import Window, make_windows, window_work
 from db import crud, queue
 from db.models import Detection
 
@@ -34,7 +36,7 @@ def check_limits(settings: Settings, sequences: list[list[str]]) -> None:
                 "(max_lines_per_sequence)",
             )
         for j, line in enumerate(lines):
-            size = len(line.encode("utf-8", errors="surrogatepass"))
+            size = line_bytes(line)
             if size > settings.max_line_bytes_request:
                 raise HTTPException(
                     status.HTTP_413_CONTENT_TOO_LARGE,
@@ -43,6 +45,52 @@ def check_limits(settings: Settings, sequences: list[list[str]]) -> None:
                 )
         if not any(line.strip() for line in lines):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"sequence {i} has only empty lines")
+    check_work(
+        settings, sum(len(lines) for lines in sequences), sum(map(line_bytes, (x for s in sequences for x in s)))
+    )
+
+
+def line_bytes(line: str) -> int:
+    """A line's size in UTF-8 (lone surrogates counted as three bytes, as the limits count them)."""
+    return len(line.encode("utf-8", errors="surrogatepass"))
+
+
+def check_work(settings: Settings, lines: int, size: int) -> None:
+    """Refuse a request whose scoring work (lines and bytes, windows counted with their overlaps) exceeds the
+    per-request budget (413), before any of that work is done."""
+    if lines > settings.max_lines_per_request:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the request would score {lines} lines (windows counted with their overlaps), over the limit of "
+            f"{settings.max_lines_per_request} per request (max_lines_per_request)",
+        )
+    if size > settings.max_bytes_per_request:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the request would score {size} bytes of lines (windows counted with their overlaps), over the limit "
+            f"of {settings.max_bytes_per_request} per request (max_bytes_per_request)",
+        )
+
+
+async def windows_within_budget(settings: Settings, lines: list[str], spec: Any) -> list[Window]:
+    """Cut raw ``lines`` into windows, refusing (413) before building any when the windows would exceed the
+    work budget; sessions are grouped off the event loop and stop as soon as they pass it."""
+    raw = sum(line_bytes(line) for line in lines)
+    work = window_work(len(lines), spec.type, spec.size, spec.step)
+    if work is not None:  # fixed and sliding windows: counted without building them
+        check_work(settings, work, math.ceil(raw * work / max(1, len(lines))))
+    else:
+        check_work(settings, len(lines), raw)
+    try:
+        return await asyncio.to_thread(
+            lambda: list(
+                make_windows(lines, spec.type, spec.size, spec.step, spec.session_key, settings.max_lines_per_request)
+            )
+        )
+    except LimitError as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{exc.reason} (max_lines_per_request)") from None
+    except DataError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def to_out(row: Detection, queued: bool = False) -> DetectionOut:
@@ -114,12 +162,7 @@ async def detect(
     else:
         assert body.lines is not None
         spec = body.window
-        if len(body.lines) > settings.max_lines_per_sequence * settings.max_sequences_per_request:
-            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{len(body.lines)} lines exceed the limit")
-        try:
-            windows = list(make_windows(body.lines, spec.type, spec.size, spec.step, spec.session_key))
-        except DataError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        windows = await windows_within_budget(settings, body.lines, spec)
         items = [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
     check_limits(settings, [lines for _, lines, _ in items])
     rows = await detect_and_store(session, detector, settings, items, "api")

@@ -210,3 +210,36 @@ async def test_micro_batching_groups_concurrent_requests(make_client: Any, test_
     together = [r.json() for r in results]
     for a, b in zip(together, solo, strict=True):
         assert a["detections"][0]["score"] == pytest.approx(b["detections"][0]["score"], abs=1e-5)
+
+
+async def test_work_budget_refuses_before_building_windows(make_client: Any) -> None:
+    async with make_client(max_lines_per_request=2000, max_bytes_per_request=64 * 1024) as client:
+        # 40,000 lines cut into windows of 1,000 every line: 39,001 windows, counted, never built
+        lines = [f"INFO [svc] step {i}" for i in range(40_000)]
+        r = await client.post("/detect", json={"lines": lines, "window": {"type": "sliding", "size": 1000, "step": 1}})
+        assert r.status_code == 413, r.text
+        assert "39001000 lines" in r.json()["detail"] and "max_lines_per_request" in r.json()["detail"]
+        # the same lines' bytes, in sequences: over the byte budget
+        seqs = [{"log_entries": ["x" * 1000] * 40} for _ in range(2)]
+        r = await client.post("/detect", json={"sequences": seqs})
+        assert r.status_code == 413 and "max_bytes_per_request" in r.json()["detail"], r.text
+        # sessions: each line names 50 sessions, so 100 lines would fill 5,000 session lines
+        many = [" ".join(f"blk_{j}" for j in range(50))] * 100
+        r = await client.post("/detect", json={"lines": many, "window": {"type": "session", "session_key": r"blk_\d+"}})
+        assert r.status_code == 413 and "more than 2000 lines" in r.json()["detail"], r.text
+        # a pattern that backtracks for hours in Python's re runs in linear time; RE2's missing features: 422
+        r = await client.post(
+            "/detect",
+            json={
+                "lines": ["a" * 40 + "!", "blk_1 ok"],
+                "window": {"type": "session", "session_key": r"(a+)+$|blk_\d"},
+            },
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            "/detect", json={"lines": ["blk_1 a"], "window": {"type": "session", "session_key": r"(blk)_\1"}}
+        )
+        assert r.status_code == 422 and "RE2 syntax" in r.json()["detail"], r.text
+        # within the budget: scored
+        r = await client.post("/detect", json={"sequences": [{"log_entries": ["INFO [gateway] GET /health 200"] * 5}]})
+        assert r.status_code == 200, r.text

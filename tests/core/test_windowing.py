@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
-from core.errors import DataError
-from core.windowing import fixed_windows, make_windows, session_windows, sliding_windows
+from core.errors import DataError, LimitError
+from core.windowing import fixed_windows, make_windows, session_windows, sliding_windows, window_work
 
 LINES = [f"line {i}" for i in range(1, 24)]
 
@@ -70,3 +71,32 @@ def test_make_windows_errors() -> None:
         make_windows(LINES, "tumbling")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="invalid session key"):
         list(make_windows(LINES, "session", key="("))
+
+
+@pytest.mark.parametrize("window_type", ["fixed", "sliding"])
+def test_window_work_counts_the_lines_windows_hold(window_type: str) -> None:
+    for n in range(1, 40):
+        for size in range(1, 12):
+            for step in [None, *range(1, size + 1)] if window_type == "sliding" else [None]:
+                built = list(make_windows([f"l{i}" for i in range(n)], window_type, size, step))  # type: ignore[arg-type]
+                assert window_work(n, window_type, size, step) == sum(len(w.lines) for w in built), (n, size, step)
+    assert window_work(10, "session", 3) is None
+
+
+def test_session_key_regexes_run_in_linear_time() -> None:
+    # (a+)+$ backtracks exponentially in Python's re: 2**40 steps on this line
+    line = "a" * 40 + "!"
+    started = time.perf_counter()
+    assert list(session_windows([line] * 50, r"(a+)+$")) == []
+    assert time.perf_counter() - started < 30.0  # generous: Python's re would need days
+    # RE2 leaves backreferences and lookaround out: a clear error, not a crash
+    for pattern in (r"(a)\1", r"(?=blk)blk_\d+"):
+        with pytest.raises(DataError, match="RE2 syntax"):
+            list(make_windows(LINES, "session", key=pattern))
+
+
+def test_sessions_stop_at_their_line_budget() -> None:
+    lines = [" ".join(f"k{j}" for j in range(50))] * 10  # each line joins 50 sessions: 500 lines in all
+    assert sum(len(w.lines) for w in session_windows(lines, r"k\d+", max_lines=500)) == 500
+    with pytest.raises(LimitError, match="more than 499 lines"):
+        list(make_windows(lines, "session", key=r"k\d+", max_lines=499))
