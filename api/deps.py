@@ -1,4 +1,8 @@
-"""FastAPI dependencies as ``Annotated`` aliases: the session, the models, the settings."""
+"""FastAPI dependencies as ``Annotated`` aliases: the session, the models, the settings.
+
+Every dependency is ``async``: FastAPI runs a plain ``def`` dependency in a thread pool, a hop per
+dependency per request that cost the served path more than the lookups themselves.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,12 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_detector(request: Request) -> DetectorService:
+async def get_detector(request: Request) -> DetectorService:
     """The loaded detector, or 503 while there is none."""
     service: DetectorService | None = request.app.state.detector
     if service is None:
@@ -33,17 +37,17 @@ def get_detector(request: Request) -> DetectorService:
     return service
 
 
-def get_explainer(request: Request) -> ExplainerService | None:
+async def get_explainer(request: Request) -> ExplainerService | None:
     """The loaded explainer, if this process has one."""
     return request.app.state.explainer  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     """The app's metrics."""
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def get_workers(request: Request) -> list[ExplainWorker]:
+async def get_workers(request: Request) -> list[ExplainWorker]:
     """The in-process explanation workers (possibly none)."""
     return request.app.state.workers  # type: ignore[no-any-return]
 

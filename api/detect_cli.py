@@ -75,13 +75,15 @@ def _detect(args: argparse.Namespace) -> int:
     records = _records(args)
     while batch := list(itertools.islice(records, args.batch_size)):
         scores = detector.score([r.log_entries for r in batch])
-        for record, score in zip(batch, scores, strict=True):
+        hits = [i for i, s in enumerate(scores) if s >= detector.threshold and len(batch[i].log_entries) > 1]
+        lines_of = dict(zip(hits, detector.line_contributions_many([batch[i].log_entries for i in hits]), strict=True))
+        for k, (record, score) in enumerate(zip(batch, scores, strict=True)):
             s = float(score)
             item: dict[str, Any] = {"sequence_id": record.sequence_id, "score": round(s, 6),
                                     "is_anomaly": s >= detector.threshold, "risk_level": risk_level(s, detector.threshold),
                                     "model_version": detector.version}  # fmt: skip
-            if item["is_anomaly"] and len(record.log_entries) > 1:
-                contributions = detector.line_contributions(record.log_entries)
+            if k in lines_of:  # the flagged ones' lines, scored together
+                contributions = lines_of[k]
                 order = sorted(range(len(contributions)), key=lambda i: contributions[i], reverse=True)[: args.top]
                 item["top_lines"] = [
                     {"index": i, "line": record.log_entries[i], "contribution": contributions[i]} for i in order

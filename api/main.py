@@ -6,18 +6,17 @@ uvicorn --factory api.main:create_app     # or: logtriage serve
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.metrics import Metrics
+from api.metrics import Metrics, MetricsMiddleware
 from api.routes import detect, detections, explain, health
 from api.security import BodySizeLimit, require_api_key
 from api.services import DetectorService, ExplainerService
@@ -124,16 +123,7 @@ def create_app(
     app.include_router(detections.router, dependencies=guarded)
     app.include_router(health.router)  # health, ready and metrics stay open, like the docs
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)

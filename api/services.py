@@ -34,7 +34,7 @@ class Detector(Protocol):
 
     def score(self, sequences: list[list[str]]) -> np.ndarray: ...
 
-    def line_contributions(self, lines: list[str]) -> list[float]: ...
+    def line_contributions_many(self, sequences: list[list[str]]) -> list[list[float]]: ...
 
 
 class Clusterer(Protocol):
@@ -97,18 +97,26 @@ class DetectorService:
         return str(self.detector.version)
 
     def _score_batch(self, sequences: list[list[str]]) -> list[tuple[float, list[float] | None]]:
-        """Scores, with each line's contribution where the detector's passes give it (None: computed later,
-        for the flagged sequences only)."""
+        """Scores, with each flagged sequence's line contributions: from the score's own passes where the
+        detector's score has them (a fused MoE-BERT), else from one more pass over the batch's flagged
+        sequences together (None for the others)."""
         self.metrics.batch_size.observe(len(sequences))
         if self._with_lines:
             scores, lines = self.detector.score_with_lines(sequences)  # type: ignore[attr-defined]
             if lines is not None:
                 return [(float(s), c) for s, c in zip(scores, lines, strict=True)]
-        return [(float(s), None) for s in self.detector.score(sequences)]
+        else:
+            scores = self.detector.score(sequences)
+        out: list[tuple[float, list[float] | None]] = [(float(s), None) for s in scores]
+        threshold = float(self.detector.threshold)
+        flagged = [i for i, (s, _) in enumerate(out) if s >= threshold and len(sequences[i]) > 1]
+        if flagged:
+            contributions = self.detector.line_contributions_many([sequences[i] for i in flagged])
+            for i, c in zip(flagged, contributions, strict=True):
+                out[i] = (out[i][0], c)
+        return out
 
-    def _top_lines(self, lines: list[str], contributions: list[float] | None = None) -> list[dict[str, Any]]:
-        if contributions is None:
-            contributions = self.detector.line_contributions(lines)
+    def _top_lines(self, lines: list[str], contributions: list[float]) -> list[dict[str, Any]]:
         order = sorted(range(len(lines)), key=lambda i: contributions[i], reverse=True)[: self.top_k]
         return [{"index": i, "line": lines[i], "contribution": float(contributions[i])} for i in order]
 
@@ -118,11 +126,8 @@ class DetectorService:
         threshold = float(self.detector.threshold)
         verdicts = [Verdict(s, s >= threshold, risk_level(s, threshold), threshold, self.version) for s, _ in scored]
         for verdict, lines, (_, contributions) in zip(verdicts, sequences, scored, strict=True):
-            if verdict.is_anomaly and len(lines) > 1:
-                if contributions is not None:  # from the passes of the score: no extra forward
-                    verdict.top_lines = self._top_lines(lines, contributions)
-                else:
-                    verdict.top_lines = await asyncio.to_thread(self._top_lines, lines)
+            if verdict.is_anomaly and len(lines) > 1 and contributions is not None:
+                verdict.top_lines = self._top_lines(lines, contributions)
         flagged = [i for i, v in enumerate(verdicts) if v.is_anomaly]
         if self.clusterer is not None and flagged:
             clusters = await asyncio.to_thread(self.clusterer.predict, [sequences[i] for i in flagged])

@@ -5,7 +5,9 @@ with micro-batching on and off, and ``/explain``, in one run.
         --detector artifacts/detector --explainer artifacts/explainer --data data/splits/test.json
 
 Each configuration starts a real server (``uvicorn``, one process, a fresh SQLite file) and drives
-it over HTTP from this process with ``httpx``. Prints a Markdown table.
+it over HTTP from this process with ``httpx``. Prints a Markdown table with, beside throughput and
+latency, the CPU time per request of the server process and of this client (both on the same
+machine: on 2 cores their sum is what caps the rate).
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def process_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` (every thread), from /proc; 0 where unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(env_overrides: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -64,7 +77,10 @@ def start_server(env_overrides: dict[str, str], port: int) -> subprocess.Popen[b
     raise SystemExit("server did not become ready")
 
 
-async def drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int, total: int) -> dict[str, float]:
+async def drive(
+    url: str, path: str, bodies: list[dict[str, Any]], clients: int, total: int, server_pid: int | None = None
+) -> dict[str, float]:
+    cpu_server, cpu_client = process_cpu(server_pid), time.process_time()
     latencies: list[float] = []
     errors = 0
     counter = iter(range(total))
@@ -85,7 +101,12 @@ async def drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int,
         await asyncio.gather(*[client_loop(client) for _ in range(clients)])
         wall = time.perf_counter() - start
     latencies.sort()
+    cpu = {}
+    if server_pid is not None:
+        cpu["server_cpu_ms"] = 1000 * (process_cpu(server_pid) - cpu_server) / max(1, len(latencies))
+        cpu["client_cpu_ms"] = 1000 * (time.process_time() - cpu_client) / max(1, len(latencies))
     return {
+        **cpu,
         "requests": len(latencies),
         "errors": errors,
         "rps": len(latencies) / wall,
@@ -124,9 +145,10 @@ def main() -> int:
             proc = start_server(env, port)
             try:
                 url = f"http://127.0.0.1:{port}"
-                asyncio.run(drive(url, "/detect", bodies, 4, 16))  # warm-up
+                # warm-up: every body the timed runs send, once (a running service's line cache is warm)
+                asyncio.run(drive(url, "/detect", bodies, 4, min(len(bodies), args.requests)))
                 for clients in (int(c) for c in args.clients.split(",")):
-                    stats = asyncio.run(drive(url, "/detect", bodies, clients, args.requests))
+                    stats = asyncio.run(drive(url, "/detect", bodies, clients, args.requests, proc.pid))
                     rows.append((f"/detect, batching {'on' if batching else 'off'}", clients, stats))
                     print(rows[-1], file=sys.stderr)
             finally:
@@ -152,12 +174,13 @@ def main() -> int:
             finally:
                 proc.terminate()
                 proc.wait()
-    print("| endpoint | clients | requests | errors | req/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| endpoint | clients | requests | errors | req/s | p50 ms | p99 ms | CPU ms/request: server | client |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, clients, s in rows:
+        cpu = f"{s['server_cpu_ms']:.1f} | {s['client_cpu_ms']:.1f}" if "server_cpu_ms" in s else "– | –"
         print(
             f"| {name} | {clients} | {s['requests']:.0f} | {s['errors']:.0f} | {s['rps']:.1f} | "
-            f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} |"
+            f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {cpu} |"
         )
     return 0
 

@@ -462,6 +462,10 @@ class DeepLogDetector:
         with torch.inference_mode():
             return model(torch.from_numpy(hist)).hidden.float().numpy()
 
+    def line_contributions_many(self, sequences: Sequence[Sequence[str]]) -> list[list[float]]:
+        """:meth:`line_contributions` of each sequence."""
+        return [self.line_contributions(lines) for lines in sequences]
+
     def line_contributions(self, lines: Sequence[str]) -> list[float]:
         """How anomalous each line looks: 0.5 when it is a miss plus half its squashed NLL (end marker -> last line)."""
         if not lines:

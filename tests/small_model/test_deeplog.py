@@ -120,6 +120,7 @@ def test_unknown_template_is_a_miss(trained: DeepLogDetector) -> None:
     contributions = trained.line_contributions(lines)
     assert len(contributions) == len(lines)
     assert int(np.argmax(contributions)) == 2
+    assert trained.line_contributions_many([lines, lines[:3]]) == [contributions, trained.line_contributions(lines[:3])]
 
 
 def test_embed_shapes(trained: DeepLogDetector) -> None:

@@ -166,8 +166,13 @@ def test_score_with_lines_gives_the_score_and_the_top_lines_in_one_pass(label_fr
     np.testing.assert_allclose(scores, detector.score(sequences), rtol=0, atol=1e-9)
     assert lines is not None and [len(x) for x in lines] == [len(s) for s in sequences]
     assert lines[3][2] == 0.0
-    for seq, contributions in zip(sequences, lines, strict=True):
-        np.testing.assert_allclose(contributions, detector.line_contributions(seq), rtol=0, atol=2e-3)
+    many = detector.line_contributions_many(sequences)  # the flagged ones of a batch, in one pass
+    for seq, contributions, together in zip(sequences, lines, many, strict=True):
+        alone = detector.line_contributions(seq)
+        np.testing.assert_allclose(contributions, alone, rtol=0, atol=2e-3)
+        np.testing.assert_allclose(together, alone, rtol=0, atol=2e-3)
+    assert detector.line_contributions_many([]) == []
+    assert detector.line_contributions_many([["2024-05-01 10:00:01"]]) == [[0.0]]  # nothing left to score
     empty_scores, empty_lines = detector.score_with_lines([])
     assert len(empty_scores) == 0 and empty_lines == []
 
