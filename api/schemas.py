@@ -91,6 +91,7 @@ class DetectionOut(BaseModel):
     cluster_id: int | None = None
     cluster_description: str | None = None
     service: str | None = None
+    category: str | None = Field(default=None, description="the explanation's category, once explained")
     created_at: datetime | None = None
 
 

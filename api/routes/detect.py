@@ -60,6 +60,7 @@ def to_out(row: Detection, queued: bool = False) -> DetectionOut:
         cluster_id=row.cluster_id,
         cluster_description=row.cluster_description,
         service=row.service,
+        category=row.explanation.category if row.explanation is not None else None,
         created_at=row.created_at,
     )
 
