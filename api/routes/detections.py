@@ -69,7 +69,8 @@ async def timeline(
     service: Service = None,
 ) -> Timeline:
     """Anomalous detections counted per time bucket and explanation category (counted by the database)."""
-    end = _utc(until) if until is not None else utcnow()
+    # by default until the end of the current second (until is exclusive): whole buckets over the default span
+    end = _utc(until) if until is not None else utcnow().replace(microsecond=0) + timedelta(seconds=1)
     start = (_utc(since) if since is not None else end - DEFAULT_SPAN).replace(microsecond=0)
     span = (end - start).total_seconds()
     if span <= 0:

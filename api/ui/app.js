@@ -452,13 +452,17 @@
   }
 
   function drawChart(t) {
-    const W = 800, H = 160, left = 34, right = 8, top = 8, bottom = 22;
+    state.timeline = t;
+    const box = $("chart");
+    const W = Math.max(240, Math.round(box.clientWidth || 800));
+    const H = box.clientWidth && box.clientWidth < 500 ? 130 : 160;
+    const left = 34, right = 8, top = 8, bottom = 22;
     const n = t.buckets.length;
     const peak = Math.max(1, ...t.buckets.map((b) => b.total));
     const slot = (W - left - right) / Math.max(1, n);
     const barW = Math.max(1, slot * 0.8);
     const y = (v) => top + (H - top - bottom) * (1 - v / peak);
-    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
       "aria-label": `anomalies per ${t.bucket_seconds} s by category` });
     root.append(svg("line", { class: "axis", x1: left, x2: W - right, y1: y(0), y2: y(0) }));
     root.append(svg("text", { x: left - 4, y: y(peak) + 4, "text-anchor": "end" }, String(peak)));
@@ -480,9 +484,11 @@
       });
     });
     const ticks = n > 1 ? [0, Math.floor(n / 2), n - 1] : [0];
-    for (const i of ticks) {
-      root.append(svg("text", { x: left + i * slot + slot / 2, y: H - 6, "text-anchor": "middle" }, when(t.buckets[i].start)));
-    }
+    ticks.forEach((i, k) => {
+      const anchor = k === 0 ? "start" : k === ticks.length - 1 ? "end" : "middle";
+      const x = k === 0 ? left : k === ticks.length - 1 ? W - right : left + i * slot + slot / 2;
+      root.append(svg("text", { x, y: H - 6, "text-anchor": anchor }, when(t.buckets[i].start)));
+    });
     const total = t.buckets.reduce((s, b) => s + b.total, 0);
     if (!total) root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no anomalies in this range"));
     $("chart").replaceChildren(root);
@@ -609,6 +615,11 @@
     if (AUTH_REQUIRED && !sessionStorage.getItem(KEY_NAME)) askForKey("");
     else refreshAll();
     setInterval(refreshAll, REFRESH_MS);
+    let resizing = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizing);
+      resizing = setTimeout(() => state.timeline && drawChart(state.timeline), 150);
+    });
   }
 
   document.addEventListener("DOMContentLoaded", start);
