@@ -445,6 +445,16 @@
   async function refreshChart() {
     const p = new URLSearchParams();
     rangeParams(p);
+    const since = p.has("since") ? Date.parse(p.get("since")) : null;
+    const until = p.has("until") ? Date.parse(p.get("until")) : Date.now();
+    if (since !== null && since >= until) {
+      state.timeline = null;
+      $("chart").replaceChildren(h("p", { class: "muted", text: "The time range is empty: its start is not before its end." }));
+      $("chart").dataset.total = "0";
+      $("legend").replaceChildren();
+      $("chart-range").textContent = "";
+      return;
+    }
     for (const level of $("f-risk").value.split(",").filter(Boolean)) p.append("risk", level);
     if ($("f-service").value) p.set("service", $("f-service").value);
     const { body } = await api(`/detections/timeline?${p}`);

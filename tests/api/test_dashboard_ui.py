@@ -126,13 +126,18 @@ def seeded(api: httpx.Client, test_sequences: list[dict[str, Any]]) -> dict[str,
     return {"detections": [*detections, chinese], "explained": explained, "chinese": chinese}
 
 
-def open_dashboard(browser: Any, live: LiveServer, width: int, height: int) -> tuple[Any, list[str]]:
+def open_dashboard(
+    browser: Any, live: LiveServer, width: int, height: int, query: str = "", key: str | None = KEY
+) -> tuple[Any, list[str]]:
     """A fresh page on /ui (polling every second) with its console errors collected; the key entered."""
     page = browser.new_page(viewport={"width": width, "height": height})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.goto(f"{live.url}/ui?refresh=1")
+    page.goto(f"{live.url}/ui?refresh=1{query}")
+    if key is None:
+        expect(page.locator("#key-dialog")).to_be_hidden()
+        return page, errors
     expect(page.locator("#key-dialog")).to_be_visible()  # auth on, no key yet: asked before any call
     page.fill("#key-input", KEY)
     page.click("#key-save")
@@ -220,6 +225,17 @@ def test_dashboard_walkthrough(
     page.screenshot(path=shots / "03-filtered.png")
     page.select_option("#f-category", "")
     expect(page.locator("#list li")).to_have_count(len(listed["items"]))
+    page.select_option("#f-risk", "low")
+    low = api.get("/detections", params={"risk": "low"}).json()
+    expect(page.locator("#list li")).to_have_count(low["total"])
+    assert set(page.locator("#list li").evaluate_all("rs => rs.map(r => r.dataset.risk)")) == {"low"}
+    page.select_option("#f-risk", "")
+    page.select_option("#f-range", "custom")
+    page.fill("#f-since", "2099-01-01T00:00:00")
+    expect(page.locator("#list li")).to_have_count(0)
+    expect(page.locator("#list-summary")).to_have_text("No detection matches these filters.")
+    page.select_option("#f-range", "900")  # the last 15 minutes: everything made in this test
+    expect(page.locator("#list li")).to_have_count(len(listed["items"]))
 
     # 5. "Explain now" on the Chinese detection, in Chinese: queued, then the explanation appears
     chinese = seeded["chinese"]
@@ -279,16 +295,26 @@ def test_dashboard_walkthrough(
 def test_dashboard_on_a_phone(
     browser: Any, live: LiveServer, api: httpx.Client, seeded: dict[str, Any], tmp_path: Path
 ) -> None:
-    page, errors = open_dashboard(browser, live, 390, 844)
+    page, errors = open_dashboard(browser, live, 390, 844, query="&page_size=5")
     total = api.get("/detections", params={"limit": 1}).json()["total"]
-    expect(page.locator("#page-info")).to_contain_text(f"of {total}")
+    assert total > 5
+    expect(page.locator("#page-info")).to_have_text(f"1–5 of {total}")
+    expect(page.locator("#newer")).to_be_disabled()
+    page.click("#older")
+    second = api.get("/detections", params={"limit": 5, "offset": 5}).json()["items"]
+    expect(page.locator("#page-info")).to_have_text(f"6–{5 + len(second)} of {total}")
+    assert row_ids(page) == [d["id"] for d in second]
+    page.click("#newer")
+    expect(page.locator("#page-info")).to_have_text(f"1–5 of {total}")
     # nothing wider than the screen
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=tmp_path / "phone-list.png")
-    detail = seeded["explained"][0]
-    page.locator(f'#list li[data-id="{detail["id"]}"]').focus()
+    first = row_ids(page)[0]
+    detail = api.get(f"/detections/{first}").json()
+    page.locator(f'#list li[data-id="{first}"]').focus()
     page.keyboard.press("Enter")
-    expect(page.locator("#e-summary")).to_have_text(detail["explanation"]["summary"])
+    expect(page.locator("#d-sequence")).to_have_text(detail["sequence_id"])
+    assert page.locator("#d-lines li").all_inner_texts() == detail["log_entries"]
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=tmp_path / "phone-detail.png")
     # a wrong key is refused with the API's words, and the page asks again
@@ -299,3 +325,27 @@ def test_dashboard_on_a_phone(
     # the refused call is the only console error: the browser logs every 401 response
     assert [e for e in errors if "401" not in e] == [] and len(errors) >= 1
     page.close()
+
+
+def test_queued_explanation_shows_its_status(
+    browser: Any, models: tuple[Any, Any], test_sequences: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """No worker in this process (they run elsewhere): "Explain now" queues the job, the view says so.
+    Auth is off here: the page asks for no key."""
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'queued.db'}", workers=0)
+    with LiveServer(create_app(settings, detector=models[0], explainer=models[1])) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            r = client.post("/detect", json={"sequences": pick(test_sequences, 1, 1), "explain": "never"})
+            detection = r.json()["detections"][0]
+        page, errors = open_dashboard(browser, server, 1100, 800, key=None)
+        expect(page.locator("#key-button")).to_be_hidden()
+        page.click(f'#list li[data-id="{detection["id"]}"]')
+        expect(page.locator("#d-status")).to_have_text("not requested")
+        page.click("#d-explain")
+        expect(page.locator("#d-status")).to_have_text("queued")
+        expect(page.locator("#d-explanation")).to_contain_text("The explanation is queued")
+        expect(page.locator("#d-explain-now")).to_be_hidden()
+        expect(page.locator("#h-queue")).to_have_text("queue: 1 queued, 0 running")
+        page.screenshot(path=tmp_path / "queued.png")
+        assert errors == []
+        page.close()
