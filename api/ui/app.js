@@ -279,7 +279,7 @@
     const last = state.offset + body.items.length;
     $("page-info").textContent = `${first}–${last} of ${body.total}`;
     $("list-summary").textContent = body.total
-      ? `${body.total} detection${body.total === 1 ? "" : "s"} match`
+      ? `${body.total} detection${body.total === 1 ? " matches" : "s match"}`
       : "No detection matches these filters.";
     $("newer").disabled = state.offset === 0;
     $("older").disabled = last >= body.total;
@@ -495,9 +495,10 @@
     });
     const ticks = n > 1 ? [0, Math.floor(n / 2), n - 1] : [0];
     ticks.forEach((i, k) => {
-      const anchor = k === 0 ? "start" : k === ticks.length - 1 ? "end" : "middle";
-      const x = k === 0 ? left : k === ticks.length - 1 ? W - right : left + i * slot + slot / 2;
-      root.append(svg("text", { x, y: H - 6, "text-anchor": anchor }, when(t.buckets[i].start)));
+      const last = k === ticks.length - 1 && k > 0;
+      const anchor = k === 0 ? "start" : last ? "end" : "middle";
+      const x = k === 0 ? left : last ? W - right : left + i * slot + slot / 2;
+      root.append(svg("text", { x, y: H - 6, "text-anchor": anchor }, when(last ? t.until : t.buckets[i].start)));
     });
     const total = t.buckets.reduce((s, b) => s + b.total, 0);
     if (!total) root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no anomalies in this range"));
