@@ -183,6 +183,7 @@
     const changed = () => {
       state.offset = 0;
       state.signature = "";
+      state.loadedOnce = false; // rows that a filter brings in are not new ones
       refreshAll();
     };
     for (const id of ["f-risk", "f-category", "f-service", "f-anomalous", "f-since", "f-until"]) {
@@ -196,10 +197,12 @@
     $("filters").addEventListener("submit", (event) => event.preventDefault());
     $("newer").addEventListener("click", () => {
       state.offset = Math.max(0, state.offset - PAGE_SIZE);
+      state.loadedOnce = false;
       refreshList().catch((err) => showError("detections", err));
     });
     $("older").addEventListener("click", () => {
       if (state.offset + PAGE_SIZE < state.total) state.offset += PAGE_SIZE;
+      state.loadedOnce = false;
       refreshList().catch((err) => showError("detections", err));
     });
   }
@@ -273,6 +276,7 @@
       }
       state.signature = signature;
     }
+    if (state.known.size > 10_000) state.known.clear(); // a tab left open for days stays small
     for (const item of body.items) state.known.add(item.id);
     state.loadedOnce = true;
     const first = body.total ? state.offset + 1 : 0;
