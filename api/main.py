@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import detect, detections, explain, health
+from api.routes import detect, detections, explain, health, ui
 from api.security import BodySizeLimit, require_api_key
 from api.services import DetectorService, ExplainerService
 from api.worker import ExplainWorker
@@ -122,6 +122,8 @@ def create_app(
     app.include_router(explain.router, dependencies=guarded)
     app.include_router(detections.router, dependencies=guarded)
     app.include_router(health.router)  # health, ready and metrics stay open, like the docs
+    app.include_router(ui.router)  # the page is open too; its API calls carry the operator's key
+    app.mount("/ui/static", ui.static, name="ui-static")
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ExplainMode = Literal["auto", "never", "always"]
+RiskLevel = Literal["low", "medium", "high"]
 EXAMPLE_LINES: list[Any] = [
     "2024-05-01 10:00:00.101 INFO [gateway] POST /api/orders req=7f3a user=alice from 10.0.3.14",
     "2024-05-01 10:00:00.130 INFO [auth] token verified for user=alice latency=12ms",
@@ -23,6 +24,9 @@ class SequenceIn(BaseModel):
 
     sequence_id: str | None = Field(default=None, max_length=200, description="your id; generated when absent")
     log_entries: list[str] = Field(min_length=1, description="the log lines of the sequence, in order")
+    service: str | None = Field(
+        default=None, max_length=200, description="the service the lines came from (the request's when absent)"
+    )
 
 
 class WindowSpec(BaseModel):
@@ -51,6 +55,7 @@ class DetectRequest(BaseModel):
     window: WindowSpec = WindowSpec()
     explain: ExplainMode | None = Field(default=None, description="auto: queue the flagged ones (default)")
     lang: Literal["en", "zh"] | None = None
+    service: str | None = Field(default=None, max_length=200, description="the service the lines came from")
 
     @model_validator(mode="after")
     def _one_input(self) -> DetectRequest:
@@ -78,13 +83,15 @@ class DetectionOut(BaseModel):
     sequence_id: str
     score: float
     is_anomaly: bool
-    risk_level: Literal["low", "medium", "high"]
+    risk_level: RiskLevel
     threshold: float
     model_version: str
     queued_for_explanation: bool = False
     top_lines: list[LineContribution] | None = None
     cluster_id: int | None = None
     cluster_description: str | None = None
+    service: str | None = None
+    category: str | None = Field(default=None, description="the explanation's category, once explained")
     created_at: datetime | None = None
 
 
@@ -162,6 +169,31 @@ class DetectionPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class TimelineBucket(BaseModel):
+    """Anomalies in one time bucket, by explanation category."""
+
+    start: datetime
+    total: int
+    counts: dict[str, int] = Field(description="category -> anomalies; 'unexplained' for those without one")
+
+
+class Timeline(BaseModel):
+    """Anomalous detections over time by category: every bucket of the range, empty ones included."""
+
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+    categories: list[str] = Field(description="the categories present, most anomalies first")
+    buckets: list[TimelineBucket]
+
+
+class Facets(BaseModel):
+    """The values the history filters can take: stored explanation categories and services."""
+
+    categories: list[str]
+    services: list[str]
 
 
 class Health(BaseModel):

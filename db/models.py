@@ -51,6 +51,7 @@ class Detection(Base):
     cluster_description: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String)
     source: Mapped[str | None] = mapped_column(String)
+    service: Mapped[str | None] = mapped_column(String(200))  # the service the logs came from, when named
 
     explanation: Mapped[Explanation | None] = relationship(
         back_populates="detection", uselist=False, cascade="all, delete-orphan", passive_deletes=True
@@ -64,6 +65,7 @@ class Detection(Base):
         Index("ix_detections_is_anomaly_created_at", "is_anomaly", "created_at"),
         Index("ix_detections_sequence_id", "sequence_id"),
         Index("ix_detections_request_id", "request_id"),
+        Index("ix_detections_service_created_at", "service", "created_at"),
     )
 
     def __repr__(self) -> str:

@@ -107,6 +107,8 @@ def to_out(row: Detection, queued: bool = False) -> DetectionOut:
         top_lines=[LineContribution(**t) for t in row.top_lines] if row.top_lines else None,
         cluster_id=row.cluster_id,
         cluster_description=row.cluster_description,
+        service=row.service,
+        category=row.explanation.category if row.explanation is not None else None,
         created_at=row.created_at,
     )
 
@@ -117,9 +119,12 @@ async def detect_and_store(
     settings: Settings,
     items: list[tuple[str | None, list[str], dict[str, Any] | None]],
     source: str,
+    services: list[str | None] | None = None,
 ) -> list[Detection]:
-    """Score ``(sequence_id, lines, window_info)`` items and insert them (flushed, not committed)."""
+    """Score ``(sequence_id, lines, window_info)`` items and insert them (flushed, not committed);
+    ``services`` names each item's service."""
     verdicts = await detector.detect([lines for _, lines, _ in items])
+    named = services if services is not None else [None] * len(items)
     return await crud.create_detections(
         session,
         [
@@ -136,8 +141,9 @@ async def detect_and_store(
                 "cluster_id": v.cluster_id,
                 "cluster_description": v.cluster_description,
                 "source": source,
+                "service": service,
             }
-            for (sequence_id, lines, window), v in zip(items, verdicts, strict=True)
+            for (sequence_id, lines, window), v, service in zip(items, verdicts, named, strict=True)
         ],
     )
 
@@ -157,15 +163,18 @@ async def detect(
     ``always`` queues every sequence, ``never`` none.
     """
     items: list[tuple[str | None, list[str], dict[str, Any] | None]]
+    services: list[str | None]
     if body.sequences is not None:
         items = [(s.sequence_id, s.log_entries, None) for s in body.sequences]
+        services = [s.service or body.service for s in body.sequences]
     else:
         assert body.lines is not None
         spec = body.window
         windows = await windows_within_budget(settings, body.lines, spec)
         items = [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
+        services = [body.service] * len(items)
     check_limits(settings, [lines for _, lines, _ in items])
-    rows = await detect_and_store(session, detector, settings, items, "api")
+    rows = await detect_and_store(session, detector, settings, items, "api", services)
     mode = body.explain or settings.explain_default
     lang = body.lang or settings.explain_lang
     queued: list[str] = []

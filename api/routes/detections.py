@@ -1,8 +1,10 @@
-"""``GET /detections`` (filtered, paginated) and ``GET /detections/{id}`` with its explanation."""
+"""``GET /detections`` (filtered, paginated), the anomaly timeline, the filter values, and
+``GET /detections/{id}`` with its explanation."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -10,25 +12,95 @@ from fastapi import APIRouter, HTTPException, Query, status
 from api.deps import SessionDep
 from api.routes.detect import to_out
 from api.routes.explain import explanation_out
-from api.schemas import DetectionDetail, DetectionPage
+from api.schemas import DetectionDetail, DetectionPage, Facets, RiskLevel, Timeline, TimelineBucket
 from db import crud, queue
+from db.base import utcnow
 
 router = APIRouter(tags=["history"])
+
+DEFAULT_SPAN = timedelta(hours=24)
+TARGET_BUCKETS = 60
+# bucket widths the timeline picks from when none is asked for (seconds)
+NICE_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+
+Since = Annotated[datetime | None, Query(description="from this time (inclusive, ISO 8601)")]
+Until = Annotated[datetime | None, Query(description="until this time (exclusive)")]
+Risk = Annotated[list[RiskLevel] | None, Query(description="risk levels to keep (repeat the parameter)")]
+Service = Annotated[str | None, Query(max_length=200, description="the service the logs came from")]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @router.get("/detections", response_model=DetectionPage, summary="Stored detections, newest first")
 async def list_detections(
     session: SessionDep,
-    since: Annotated[datetime | None, Query(description="from this time (inclusive, ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="until this time (exclusive)")] = None,
+    since: Since = None,
+    until: Until = None,
     anomalous_only: bool = False,
     category: Annotated[str | None, Query(description="explanation category")] = None,
+    risk: Risk = None,
+    service: Service = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DetectionPage:
     """One page of detections matching the filters, and how many match in all."""
-    rows, total = await crud.list_detections(session, since, until, anomalous_only, category, limit, offset)
+    rows, total = await crud.list_detections(
+        session, since, until, anomalous_only, category, limit, offset, risk=risk, service=service
+    )
     return DetectionPage(items=[to_out(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/detections/timeline",
+    response_model=Timeline,
+    summary="Anomalies over time by category",
+    responses={422: {"description": "an empty range or too many buckets"}},
+)
+async def timeline(
+    session: SessionDep,
+    since: Annotated[datetime | None, Query(description="from this time (default: 24 hours before until)")] = None,
+    until: Annotated[datetime | None, Query(description="until this time (default: now)")] = None,
+    bucket_seconds: Annotated[
+        int | None, Query(ge=1, description=f"bucket width (default: about {TARGET_BUCKETS} buckets over the range)")
+    ] = None,
+    risk: Risk = None,
+    service: Service = None,
+) -> Timeline:
+    """Anomalous detections counted per time bucket and explanation category (counted by the database)."""
+    # by default until the end of the current second (until is exclusive): whole buckets over the default span
+    end = _utc(until) if until is not None else utcnow().replace(microsecond=0) + timedelta(seconds=1)
+    start = (_utc(since) if since is not None else end - DEFAULT_SPAN).replace(microsecond=0)
+    span = (end - start).total_seconds()
+    if span <= 0:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"since ({start}) must be before until ({end})")
+    width = bucket_seconds or next((b for b in NICE_BUCKETS if span / b <= TARGET_BUCKETS), NICE_BUCKETS[-1])
+    n = math.ceil(span / width)
+    if n > crud.MAX_BUCKETS:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{n} buckets of {width} s over the range exceed the limit of {crud.MAX_BUCKETS}; "
+            "ask for wider buckets or a shorter range",
+        )
+    counted = await crud.anomaly_timeline(session, start, end, width, risk=risk, service=service)
+    buckets = [TimelineBucket(start=start + timedelta(seconds=i * width), total=0, counts={}) for i in range(n)]
+    per_category: dict[str, int] = {}
+    for (index, category), count in sorted(counted.items()):
+        if not 0 <= index < n:  # a row stamped outside the range by a clock step: not this chart's
+            continue
+        buckets[index].counts[category] = count
+        buckets[index].total += count
+        per_category[category] = per_category.get(category, 0) + count
+    categories = sorted(per_category, key=lambda c: (-per_category[c], c))
+    return Timeline(since=start, until=end, bucket_seconds=width, categories=categories, buckets=buckets)
+
+
+@router.get("/detections/facets", response_model=Facets, summary="The values the history filters can take")
+async def facets(session: SessionDep) -> Facets:
+    """The explanation categories and the services stored so far."""
+    categories, services = await crud.facets(session)
+    return Facets(categories=categories, services=services)
 
 
 @router.get("/detections/{detection_id}", response_model=DetectionDetail, summary="One detection with its explanation")

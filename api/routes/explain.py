@@ -61,7 +61,12 @@ async def explain(
     if body.sequence is not None:
         check_limits(settings, [body.sequence.log_entries])
         rows = await detect_and_store(
-            session, detector, settings, [(body.sequence.sequence_id, body.sequence.log_entries, None)], "api"
+            session,
+            detector,
+            settings,
+            [(body.sequence.sequence_id, body.sequence.log_entries, None)],
+            "api",
+            [body.sequence.service],
         )
         detection_id = rows[0].id
     else:

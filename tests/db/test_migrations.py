@@ -34,7 +34,7 @@ async def test_upgrade_empty_database_is_idempotent_and_matches_models(db_url: s
     assert await migrate.current_revision(db_url) is None
     await migrate.upgrade(db_url)
     await migrate.upgrade(db_url)  # a second start finds head and does nothing
-    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0002_explanation_confidence"
+    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0003_detection_service"
     engine = make_engine(db_url)
     try:
         async with engine.connect() as conn:
@@ -88,11 +88,44 @@ async def test_an_explanation_stored_before_confidence_keeps_its_data(db_url: st
         await engine.dispose()
 
 
+async def test_service_column_keeps_detections_and_their_explanations(db_url: str) -> None:
+    """0003 adds detections.service (NULL for old rows) and its downgrade drops it, without copying the
+    table: on SQLite a copy would cascade-delete the explanations."""
+    await migrate.upgrade(db_url, "0002_explanation_confidence")
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO detections (id, sequence_id, log_entries, score, is_anomaly, risk_level, threshold, "
+                    "model_version, created_at) VALUES ('d1', 's1', '[\"a\"]', 0.9, true, 'high', 0.5, 'm', "
+                    "'2026-01-01')"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO explanations (detection_id, category, severity, summary, root_cause, "
+                    "suggested_response, model, base, lang, created_at) VALUES ('d1', 'timeout', 'high', 's', 'r', "
+                    "'x', 'm', 'b', 'en', '2026-01-01')"
+                )
+            )
+        await migrate.upgrade(db_url)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT service FROM detections"))).one() == (None,)
+            assert (await conn.execute(text("SELECT category FROM explanations"))).scalar_one() == "timeout"
+        await migrate.downgrade(db_url, "0002_explanation_confidence")
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM detections"))).scalar_one() == 1
+            assert (await conn.execute(text("SELECT category FROM explanations"))).scalar_one() == "timeout"
+    finally:
+        await engine.dispose()
+
+
 async def test_command_line_upgrade_and_current(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     # called from a running event loop: the command runs its own loop in a helper thread
     assert migrate.main(["--url", db_url, "upgrade"]) == 0
     assert migrate.main(["--url", db_url, "current"]) == 0
-    assert "0002_explanation_confidence (head: 0002_explanation_confidence)" in capsys.readouterr().out
+    assert "0003_detection_service (head: 0003_detection_service)" in capsys.readouterr().out
     assert migrate.main(["--url", "mysql://nowhere/x", "upgrade"]) == 1
     assert "unsupported database" in capsys.readouterr().err
 
