@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 
 from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
 from api.schemas import DetectionOut, DetectRequest, DetectResponse, LineContribution
-from api.services import DetectorService
+from api.services import DetectorService, Verdict
 from core.errors import DataError
 from core.settings import Settings
 from core.windowing import make_windows
-from db import crud, queue
+from db import alerts, crud, queue
 from db.models import Detection
 
 router = APIRouter(tags=["detection"])
@@ -69,9 +69,12 @@ async def detect_and_store(
     settings: Settings,
     items: list[tuple[str | None, list[str], dict[str, Any] | None]],
     source: str,
+    verdicts: list[Verdict] | None = None,
 ) -> list[Detection]:
-    """Score ``(sequence_id, lines, window_info)`` items and insert them (flushed, not committed)."""
-    verdicts = await detector.detect([lines for _, lines, _ in items])
+    """Score ``(sequence_id, lines, window_info)`` items (unless their ``verdicts`` are given) and insert them
+    (flushed, not committed)."""
+    if verdicts is None:
+        verdicts = await detector.detect([lines for _, lines, _ in items])
     return await crud.create_detections(
         session,
         [
@@ -94,6 +97,47 @@ async def detect_and_store(
     )
 
 
+RISK_RANK = {"low": 0, "medium": 1, "high": 2}
+
+
+def wake_alerts(request: Request) -> None:
+    """Alerts were queued: the app's alert dispatcher (if any) looks now."""
+    dispatcher = getattr(request.app.state, "alerts", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
+def alert_sinks(settings: Settings) -> list[str]:
+    """The configured alert sinks: ``alertmanager`` and/or ``webhook``."""
+    return [
+        name
+        for name, url in (("alertmanager", settings.alertmanager_url), ("webhook", settings.alert_webhook_url))
+        if url
+    ]
+
+
+async def queue_followups(
+    session: Any, settings: Settings, rows: list[Detection], mode: str | None = None, lang: str | None = None
+) -> list[str]:
+    """Queue the explanations (``mode``: auto, the flagged ones; always; never) and the alerts of stored
+    detections (flagged, at or above ``alert_min_risk``); the ids queued for explanation. Flushes only."""
+    mode = mode or settings.explain_default
+    queued: list[str] = []
+    if settings.load_explainer and mode != "never":
+        for row in rows:
+            if mode == "always" or row.is_anomaly:
+                await queue.enqueue(
+                    session, row.id, lang or settings.explain_lang, max_attempts=settings.job_max_attempts
+                )
+                queued.append(row.id)
+    sinks = alert_sinks(settings)
+    floor = RISK_RANK[settings.alert_min_risk]
+    alerting = [r.id for r in rows if r.is_anomaly and RISK_RANK.get(r.risk_level, 0) >= floor]
+    if sinks and alerting:
+        await alerts.enqueue(session, alerting, sinks)
+    return queued
+
+
 @router.post(
     "/detect",
     response_model=DetectResponse,
@@ -101,7 +145,12 @@ async def detect_and_store(
     responses={413: {"description": "a request limit was exceeded"}, 422: {"description": "invalid request"}},
 )
 async def detect(
-    body: DetectRequest, session: SessionDep, detector: DetectorDep, settings: SettingsDep, workers: WorkersDep
+    body: DetectRequest,
+    request: Request,
+    session: SessionDep,
+    detector: DetectorDep,
+    settings: SettingsDep,
+    workers: WorkersDep,
 ) -> DetectResponse:
     """Score each sequence (or each window of ``lines``); store every verdict.
 
@@ -123,16 +172,10 @@ async def detect(
         items = [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
     check_limits(settings, [lines for _, lines, _ in items])
     rows = await detect_and_store(session, detector, settings, items, "api")
-    mode = body.explain or settings.explain_default
-    lang = body.lang or settings.explain_lang
-    queued: list[str] = []
-    if settings.load_explainer and mode != "never":
-        for row in rows:
-            if mode == "always" or row.is_anomaly:
-                await queue.enqueue(session, row.id, lang, max_attempts=settings.job_max_attempts)
-                queued.append(row.id)
+    queued = await queue_followups(session, settings, rows, body.explain, body.lang)
     await session.commit()
     for worker in workers:
         worker.wake()
+    wake_alerts(request)
     chosen = set(queued)
     return DetectResponse(detections=[to_out(r, r.id in chosen) for r in rows], queued=queued)
