@@ -4,7 +4,7 @@ The rules (:class:`SessionRules`) and the keys (:class:`SessionKeys`) are shared
 service keeps its open sessions in the database (``api/live.py``), ``logtriage tail`` and ``/detect``
 keep them in memory (:class:`Sessionizer`). A key is one of
 
-- ``trace_id``: the record's trace id (``trace:<hex>``);
+- ``trace_id``: the record's trace id, else one written in the line (``trace_id=<hex>``) (``trace:<hex>``);
 - ``regex``: the first group (else the whole match) of a regex on the line (``re:<value>``), e.g.
   ``blk_-?\\d+`` for HDFS blocks;
 - ``service_window``: the service and the window of ``window_seconds`` the record's time falls in
@@ -28,6 +28,10 @@ import regex
 from core.errors import DataError
 
 KeyKind = Literal["trace_id", "regex", "service_window"]
+# a W3C trace id written in a text line (trace_id=..., traceId: "...") when the record carries none
+TRACE_IN_LINE = regex.compile(
+    r"""trace[_-]?id["']?\s*[=:]\s*["']?([0-9a-fA-F]{32}|[0-9a-fA-F]{16})\b""", regex.IGNORECASE
+)
 CloseReason = Literal["idle", "length", "end", "evicted", "flush"]
 
 
@@ -113,8 +117,12 @@ class SessionKeys:
 
     def key_of(self, record: LogRecord, now: float | None = None) -> str:
         """The session key of a record (its service window when the configured key is missing)."""
-        if self.rules.key == "trace_id" and record.trace_id:
-            return f"trace:{record.trace_id}"
+        if self.rules.key == "trace_id":
+            if record.trace_id:
+                return f"trace:{record.trace_id}"
+            m = TRACE_IN_LINE.search(record.line)
+            if m is not None:
+                return f"trace:{m.group(1).lower()}"
         if self.key_pattern is not None:
             m = self._search(self.key_pattern, record.line)
             if m is not None:
