@@ -43,6 +43,7 @@ class LogRecord:
     trace_id: str | None = None  # lowercase hex
     service: str | None = None
     time: float | None = None  # unix seconds (the record's own time, for service windows)
+    number: int = 0  # the record's position in its stream (1-based; 0: not tracked)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class OpenSession:
     started: float
     last_seen: float
     lines: list[str] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +158,7 @@ class ClosedSession:
     reason: CloseReason
     service: str | None = None
     started: float = 0.0
+    numbers: list[int] = field(default_factory=list)
 
 
 class Sessionizer:
@@ -169,7 +172,7 @@ class Sessionizer:
 
     def _close(self, session: OpenSession, reason: CloseReason) -> ClosedSession:
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
-        return ClosedSession(session.key, session.lines, reason, session.service, session.started)
+        return ClosedSession(session.key, session.lines, reason, session.service, session.started, session.numbers)
 
     def add(self, record: LogRecord, now: float | None = None) -> list[ClosedSession]:
         """Add one record; the sessions it closed (its own, on the end pattern or length; the oldest, over the cap)."""
@@ -185,6 +188,7 @@ class Sessionizer:
         else:
             self.open.move_to_end(key)
         session.lines.append(record.line)
+        session.numbers.append(record.number)
         session.last_seen = now
         if self.keys.ends(record.line):
             closed.append(self._close(self.open.pop(key), "end"))
@@ -209,3 +213,13 @@ class Sessionizer:
         closed = [self._close(s, "flush") for s in self.open.values()]
         self.open.clear()
         return closed
+
+
+def group_lines(lines: list[str], rules: SessionRules, now: float | None = None) -> list[ClosedSession]:
+    """A finished list of lines cut into sessions by ``rules`` (end pattern, length, cap; the rest at the end)."""
+    now = time.time() if now is None else now
+    sessions = Sessionizer(rules)
+    closed: list[ClosedSession] = []
+    for number, line in enumerate(lines, start=1):
+        closed += sessions.add(LogRecord(line=line, number=number), now)
+    return closed + sessions.flush()

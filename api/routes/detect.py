@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -10,6 +12,7 @@ from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
 from api.schemas import DetectionOut, DetectRequest, DetectResponse, LineContribution
 from api.services import DetectorService, Verdict
 from core.errors import DataError
+from core.sessions import SessionRules, group_lines
 from core.settings import Settings
 from core.windowing import make_windows
 from db import alerts, crud, queue
@@ -166,10 +169,20 @@ async def detect(
         if len(body.lines) > settings.max_lines_per_sequence * settings.max_sequences_per_request:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{len(body.lines)} lines exceed the limit")
         try:
-            windows = list(make_windows(body.lines, spec.type, spec.size, spec.step, spec.session_key))
+            if spec.type == "session":  # the live-session rules; user regexes run off the loop, with a timeout
+                rules = SessionRules.from_settings(settings)
+                if spec.session_key:
+                    rules = replace(rules, key="regex", key_regex=spec.session_key)
+                if spec.end_pattern:
+                    rules = replace(rules, end_pattern=spec.end_pattern)
+                sessions = await asyncio.to_thread(group_lines, body.lines, rules)
+                items = [(c.key, c.lines, {"type": "session", "lines": c.numbers, "close_reason": c.reason})
+                         for c in sessions]  # fmt: skip
+            else:
+                windows = list(make_windows(body.lines, spec.type, spec.size, spec.step))
+                items = [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
         except DataError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-        items = [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
     check_limits(settings, [lines for _, lines, _ in items])
     rows = await detect_and_store(session, detector, settings, items, "api")
     queued = await queue_followups(session, settings, rows, body.explain, body.lang)

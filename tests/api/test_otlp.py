@@ -291,3 +291,27 @@ async def test_too_much_backlog_answers_429_with_retry_after(make_client: Any) -
         await wait_detections(client, 300)
         await asyncio.sleep(0.5)
         assert (await client.post("/v1/logs", json=otlp_json({"e" * 32: ["INFO [svc] later"]}))).status_code == 200
+
+
+async def test_detect_lines_use_the_session_rules_and_survive_a_catastrophic_regex(make_client: Any) -> None:
+    lines = ["INFO [a] req=1 start", "INFO [a] req=2 start", "INFO [a] req=1 DONE", "INFO [a] req=2 more"]
+    async with make_client(session_regex_timeout_ms=50.0) as client:
+        window = {"type": "session", "session_key": r"req=(\d+)", "end_pattern": "DONE"}
+        r = await client.post("/detect", json={"lines": lines, "window": window, "explain": "never"})
+        assert r.status_code == 200, r.text
+        got = [(d["sequence_id"], d["id"]) for d in r.json()["detections"]]
+        assert [k for k, _ in got] == ["re:1", "re:2"]  # req=1 closed by its end line first, req=2 at the end
+        detail = (await client.get(f"/detections/{got[0][1]}")).json()
+        assert detail["log_entries"] == ["INFO [a] req=1 start", "INFO [a] req=1 DONE"]
+        # a regex that backtracks catastrophically: each match gives up after the timeout, the loop keeps serving
+        evil = {"type": "session", "session_key": r"^(a|aa)+$"}
+        slow = asyncio.create_task(
+            client.post("/detect", json={"lines": ["a" * 3000 + "b"] * 20, "window": evil, "explain": "never"})
+        )
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        assert (await client.get("/health")).status_code == 200
+        assert time.monotonic() - start < 0.5, "the event loop answered while the regex ran"
+        r = await slow
+        assert r.status_code == 200 and r.json()["detections"][0]["sequence_id"].startswith("svc:unknown_service@")
+        assert "logtriage_http_requests_total" in (await client.get("/metrics")).text
