@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "large_model.cli",
         "small_model.clustering",
         "api.detect_cli",
+        "api.tail_cli",
         "api.serve_cli",
     ):
         try:

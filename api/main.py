@@ -16,8 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.alerts import AlertDispatcher
+from api.live import LiveSessions
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import detect, detections, explain, health, ui
+from api.routes import detect, detections, explain, health, otlp, ui
 from api.security import BodySizeLimit, require_api_key
 from api.services import DetectorService, ExplainerService
 from api.worker import ExplainWorker
@@ -89,6 +91,18 @@ def create_app(
             ]
             for worker in app.state.workers:
                 worker.start()
+        app.state.alerts = AlertDispatcher(db, settings, metrics) if detect.alert_sinks(settings) else None
+
+        def stored() -> None:  # live sessions stored detections: their explanations and alerts are queued
+            for worker in app.state.workers:
+                worker.wake()
+            if app.state.alerts is not None:
+                app.state.alerts.wake()
+
+        app.state.live = LiveSessions(db, app.state.detector, settings, metrics, on_stored=stored)
+        app.state.live.start()
+        if app.state.alerts is not None:
+            app.state.alerts.start()
         log.info(
             "LogTriage ready: detector %s, explainer %s, database %s",
             app.state.detector.version,
@@ -98,6 +112,9 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.live.stop()
+            if app.state.alerts is not None:
+                await app.state.alerts.stop()
             for worker in app.state.workers:
                 await worker.stop()
             await app.state.detector.batcher.stop()
@@ -116,11 +133,14 @@ def create_app(
     app.state.detector = None
     app.state.explainer = None
     app.state.workers = []
+    app.state.live = None
+    app.state.alerts = None
 
     guarded = [Depends(require_api_key)]
     app.include_router(detect.router, dependencies=guarded)
     app.include_router(explain.router, dependencies=guarded)
     app.include_router(detections.router, dependencies=guarded)
+    app.include_router(otlp.router, dependencies=guarded)
     app.include_router(health.router)  # health, ready and metrics stay open, like the docs
     app.include_router(ui.router)  # the page is open too; its API calls carry the operator's key
     app.mount("/ui/static", ui.static, name="ui-static")

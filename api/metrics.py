@@ -43,6 +43,45 @@ class Metrics:
         self.queue_depth = Gauge(
             "logtriage_explain_queue", "explanation jobs by status", ["status"], registry=self.registry
         )
+        self.detect_duration = Histogram(
+            "logtriage_detect_duration_seconds",
+            "time to score one batch of sequences (queueing for the batch included)",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.otlp_records = Counter(
+            "logtriage_otlp_log_records_total",
+            "OTLP log records received, by outcome (accepted, rejected, truncated: a body cut to the line limit)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.otlp_throttled = Counter(
+            "logtriage_otlp_throttled_total",
+            "OTLP requests answered 429 or 503 (with Retry-After)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.sessions_open = Gauge("logtriage_sessions_open", "live sessions open", registry=self.registry)
+        self.sessions_closed = Counter(
+            "logtriage_sessions_closed_total",
+            "live sessions closed and scored, by reason (idle, length, end, evicted: over the cap, oldest first)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.regex_timeouts = Counter(
+            "logtriage_session_regex_timeouts_total",
+            "session key or end-pattern matches abandoned after the regex timeout",
+            registry=self.registry,
+        )
+        self.alerts = Counter(
+            "logtriage_alerts_total",
+            "alert deliveries by sink and outcome (sent, retry, failed: out of attempts)",
+            ["sink", "outcome"],
+            registry=self.registry,
+        )
+        self.alert_queue = Gauge(
+            "logtriage_alert_deliveries", "alert deliveries by status", ["status"], registry=self.registry
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -35,7 +35,14 @@ class WindowSpec(BaseModel):
     type: Literal["fixed", "sliding", "session"] = "fixed"
     size: int = Field(default=10, ge=1, le=10_000)
     step: int | None = Field(default=None, ge=1)
-    session_key: str | None = Field(default=None, max_length=500, description="regex; its first group is the key")
+    session_key: str | None = Field(
+        default=None,
+        max_length=500,
+        description="session: a regex, its first group is the key (default: the LOGTRIAGE_SESSION_* rules)",
+    )
+    end_pattern: str | None = Field(
+        default=None, max_length=500, description="session: a regex; the line matching it closes its session"
+    )
 
 
 class DetectRequest(BaseModel):

@@ -122,7 +122,9 @@ class DetectorService:
 
     async def detect(self, sequences: list[list[str]]) -> list[Verdict]:
         """Score each sequence; anomalies also get the lines that raised their score most."""
+        start = time.perf_counter()
         scored = await self.batcher.submit(sequences)
+        self.metrics.detect_duration.observe(time.perf_counter() - start)
         threshold = float(self.detector.threshold)
         verdicts = [Verdict(s, s >= threshold, risk_level(s, threshold), threshold, self.version) for s, _ in scored]
         for verdict, lines, (_, contributions) in zip(verdicts, sequences, scored, strict=True):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,8 +52,44 @@ class Settings(BaseSettings):
     # overlaps); sized so that 64 clients at the limit keep a 2-core machine answering (README: Limits)
     max_lines_per_request: int = 20_000
     max_bytes_per_request: int = 4 * 1024 * 1024
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024  # also the limit of a gzip body once decompressed (OTLP)
+    # live sessions (OTLP records, `logtriage tail`): how records are grouped into sequences and when they close
+    session_key: Literal["trace_id", "regex", "service_window"] = "trace_id"  # records without one: service_window
+    session_key_regex: str | None = None  # session_key=regex: its first group (else the whole match) is the key
+    session_window_seconds: float = 60.0  # service_window: one session per service per window of this length
+    session_idle_seconds: float = 30.0  # a session closes when no record joined it for this long
+    session_max_lines: int = 1000  # ... or when it reaches this many lines
+    session_end_pattern: str | None = None  # ... or on a line matching this regex (the line is the session's last)
+    session_max_open: int = 10_000  # over this many open sessions the least recently active are closed first
+    session_regex_timeout_ms: float = 50.0  # a regex match taking longer counts as no match (and in metrics)
+    session_sweep_seconds: float = 1.0  # how often idle sessions are looked for
+    ingest_max_backlog: int = 2_000  # closed sessions waiting to be scored beyond this: OTLP answers 429
+    ingest_retry_after_seconds: int = 5  # the Retry-After of 429 and 503 answers
+    otlp_line_template: str = "{time} {severity} [{service}] {body}"  # how a log record becomes a line
+    # alerts: flagged detections at or above alert_min_risk go to Alertmanager and/or a JSON webhook
+    alertmanager_url: str | None = None  # e.g. http://alertmanager:9093 (POST /api/v2/alerts)
+    alert_webhook_url: str | None = None  # a generic JSON webhook (Slack-compatible "text")
+    alert_min_risk: Literal["medium", "high"] = "high"
+    alert_max_attempts: int = 12  # with backoff from alert_backoff_seconds doubling to 5 minutes: about 40 minutes
+    alert_backoff_seconds: float = 2.0
+    alert_timeout_seconds: float = 10.0
+    alert_wait_explanation_seconds: float = 60.0  # hold an alert this long for its explanation (summary, response)
+    alert_duration_seconds: float = 3600.0  # endsAt = startsAt + this (Alertmanager resolves the alert then)
+    public_url: str = "http://localhost:8000"  # the links to detections in alerts
     seed: int = 42
+
+    @field_validator("otlp_line_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        import string
+
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        unknown = names - {"time", "severity", "service", "body"}
+        if unknown or "body" not in names:
+            raise ValueError(
+                f"otlp_line_template {value!r} must contain {{body}} and only {{time}}, {{severity}}, {{service}}"
+            )
+        return value
 
 
 @lru_cache

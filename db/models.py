@@ -1,4 +1,4 @@
-"""Tables: detections, their explanations, and the explanation job queue."""
+"""Tables: detections, their explanations, the explanation job queue, live sessions and alert deliveries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from db.base import Base, utcnow
@@ -29,6 +29,7 @@ class JobStatus(StrEnum):
 
 ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 _ACTIVE_WHERE = text("status IN ('queued', 'running')")
+_OPEN_WHERE = text("status = 'open'")
 
 
 class Detection(Base):
@@ -139,3 +140,72 @@ class ExplanationJob(Base):
 
     def __repr__(self) -> str:
         return f"ExplanationJob(id={self.id!r}, status={self.status!r}, attempts={self.attempts})"
+
+
+class LiveSession(Base):
+    """A session being assembled from live records (OTLP, tail): open, then closing, then scored and deleted.
+
+    At most one open session per key; a closing one waits for the closer, which scores it, stores the
+    detection and deletes the session with its lines in the same transaction.
+    """
+
+    __tablename__ = "live_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    key: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    close_reason: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(32))
+    service: Mapped[str | None] = mapped_column(String(256))
+    line_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    lines: Mapped[list[SessionLine]] = relationship(
+        back_populates="session", cascade="all, delete-orphan", passive_deletes=True, order_by="SessionLine.seq"
+    )
+
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'closing')", name="status"),
+        Index("uq_live_sessions_open_key", "key", unique=True, postgresql_where=_OPEN_WHERE, sqlite_where=_OPEN_WHERE),
+        Index("ix_live_sessions_status_last_seen_at", "status", "last_seen_at"),
+    )
+
+
+class SessionLine(Base):
+    """One line of a live session, in arrival order (``seq``)."""
+
+    __tablename__ = "session_lines"
+
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("live_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+
+    session: Mapped[LiveSession] = relationship(back_populates="lines")
+
+
+class AlertDelivery(Base):
+    """One alert of one detection to one sink (alertmanager, webhook): pending until sent or out of attempts.
+
+    The unique (detection_id, sink) pair is what keeps a detection from being alerted twice.
+    """
+
+    __tablename__ = "alert_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    detection_id: Mapped[str] = mapped_column(String(36), ForeignKey("detections.id", ondelete="CASCADE"))
+    sink: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("detection_id", "sink", name="uq_alert_deliveries_detection_id_sink"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        Index("ix_alert_deliveries_status_available_at", "status", "available_at"),
+    )

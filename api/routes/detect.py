@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 
 from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
 from api.schemas import DetectionOut, DetectRequest, DetectResponse, LineContribution
-from api.services import DetectorService
+from api.services import DetectorService, Verdict
 from core.errors import DataError, LimitError
+from core.sessions import SessionRules, group_lines
 from core.settings import Settings
 from core.windowing import Window, make_windows, window_work
-from db import crud, queue
+from db import alerts, crud, queue
 from db.models import Detection
 
 router = APIRouter(tags=["detection"])
@@ -72,21 +74,33 @@ def check_work(settings: Settings, lines: int, size: int) -> None:
         )
 
 
-async def windows_within_budget(settings: Settings, lines: list[str], spec: Any) -> list[Window]:
-    """Cut raw ``lines`` into windows, refusing (413) before building any when the windows would exceed the
-    work budget; sessions are grouped off the event loop and stop as soon as they pass it."""
+async def windows_within_budget(
+    settings: Settings, lines: list[str], spec: Any
+) -> list[tuple[str | None, list[str], dict[str, Any] | None]]:
+    """Cut raw ``lines`` into ``(id, lines, window_info)`` items, refusing (413) before building any when they
+    would exceed the work budget. Fixed and sliding windows are counted without building them; sessions
+    follow the live-session rules (each line joins one session, so they hold the lines once), grouped off
+    the event loop with the user's regexes on RE2 (linear time)."""
     raw = sum(line_bytes(line) for line in lines)
     work = window_work(len(lines), spec.type, spec.size, spec.step)
-    if work is not None:  # fixed and sliding windows: counted without building them
+    if work is not None:
         check_work(settings, work, math.ceil(raw * work / max(1, len(lines))))
     else:
         check_work(settings, len(lines), raw)
     try:
-        return await asyncio.to_thread(
-            lambda: list(
-                make_windows(lines, spec.type, spec.size, spec.step, spec.session_key, settings.max_lines_per_request)
-            )
+        if spec.type == "session":
+            rules = SessionRules.from_settings(settings)
+            if spec.session_key:
+                rules = replace(rules, key="regex", key_regex=spec.session_key)
+            if spec.end_pattern:
+                rules = replace(rules, end_pattern=spec.end_pattern)
+            sessions = await asyncio.to_thread(group_lines, lines, rules)
+            return [(c.key, c.lines, {"type": "session", "lines": c.numbers, "close_reason": c.reason})
+                    for c in sessions]  # fmt: skip
+        windows: list[Window] = await asyncio.to_thread(
+            lambda: list(make_windows(lines, spec.type, spec.size, spec.step))
         )
+        return [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
     except LimitError as exc:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{exc.reason} (max_lines_per_request)") from None
     except DataError as exc:
@@ -120,10 +134,12 @@ async def detect_and_store(
     items: list[tuple[str | None, list[str], dict[str, Any] | None]],
     source: str,
     services: list[str | None] | None = None,
+    verdicts: list[Verdict] | None = None,
 ) -> list[Detection]:
-    """Score ``(sequence_id, lines, window_info)`` items and insert them (flushed, not committed);
-    ``services`` names each item's service."""
-    verdicts = await detector.detect([lines for _, lines, _ in items])
+    """Score ``(sequence_id, lines, window_info)`` items (unless their ``verdicts`` are given) and insert them
+    (flushed, not committed); ``services`` names each item's service."""
+    if verdicts is None:
+        verdicts = await detector.detect([lines for _, lines, _ in items])
     named = services if services is not None else [None] * len(items)
     return await crud.create_detections(
         session,
@@ -148,6 +164,47 @@ async def detect_and_store(
     )
 
 
+RISK_RANK = {"low": 0, "medium": 1, "high": 2}
+
+
+def wake_alerts(request: Request) -> None:
+    """Alerts were queued: the app's alert dispatcher (if any) looks now."""
+    dispatcher = getattr(request.app.state, "alerts", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
+def alert_sinks(settings: Settings) -> list[str]:
+    """The configured alert sinks: ``alertmanager`` and/or ``webhook``."""
+    return [
+        name
+        for name, url in (("alertmanager", settings.alertmanager_url), ("webhook", settings.alert_webhook_url))
+        if url
+    ]
+
+
+async def queue_followups(
+    session: Any, settings: Settings, rows: list[Detection], mode: str | None = None, lang: str | None = None
+) -> list[str]:
+    """Queue the explanations (``mode``: auto, the flagged ones; always; never) and the alerts of stored
+    detections (flagged, at or above ``alert_min_risk``); the ids queued for explanation. Flushes only."""
+    mode = mode or settings.explain_default
+    queued: list[str] = []
+    if settings.load_explainer and mode != "never":
+        for row in rows:
+            if mode == "always" or row.is_anomaly:
+                await queue.enqueue(
+                    session, row.id, lang or settings.explain_lang, max_attempts=settings.job_max_attempts
+                )
+                queued.append(row.id)
+    sinks = alert_sinks(settings)
+    floor = RISK_RANK[settings.alert_min_risk]
+    alerting = [r.id for r in rows if r.is_anomaly and RISK_RANK.get(r.risk_level, 0) >= floor]
+    if sinks and alerting:
+        await alerts.enqueue(session, alerting, sinks)
+    return queued
+
+
 @router.post(
     "/detect",
     response_model=DetectResponse,
@@ -155,7 +212,12 @@ async def detect_and_store(
     responses={413: {"description": "a request limit was exceeded"}, 422: {"description": "invalid request"}},
 )
 async def detect(
-    body: DetectRequest, session: SessionDep, detector: DetectorDep, settings: SettingsDep, workers: WorkersDep
+    body: DetectRequest,
+    request: Request,
+    session: SessionDep,
+    detector: DetectorDep,
+    settings: SettingsDep,
+    workers: WorkersDep,
 ) -> DetectResponse:
     """Score each sequence (or each window of ``lines``); store every verdict.
 
@@ -170,21 +232,14 @@ async def detect(
     else:
         assert body.lines is not None
         spec = body.window
-        windows = await windows_within_budget(settings, body.lines, spec)
-        items = [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
+        items = await windows_within_budget(settings, body.lines, spec)
         services = [body.service] * len(items)
     check_limits(settings, [lines for _, lines, _ in items])
     rows = await detect_and_store(session, detector, settings, items, "api", services)
-    mode = body.explain or settings.explain_default
-    lang = body.lang or settings.explain_lang
-    queued: list[str] = []
-    if settings.load_explainer and mode != "never":
-        for row in rows:
-            if mode == "always" or row.is_anomaly:
-                await queue.enqueue(session, row.id, lang, max_attempts=settings.job_max_attempts)
-                queued.append(row.id)
+    queued = await queue_followups(session, settings, rows, body.explain, body.lang)
     await session.commit()
     for worker in workers:
         worker.wake()
+    wake_alerts(request)
     chosen = set(queued)
     return DetectResponse(detections=[to_out(r, r.id in chosen) for r in rows], queued=queued)

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
-from api.routes.detect import check_limits, detect_and_store
+from api.routes.detect import check_limits, detect_and_store, queue_followups
 from api.schemas import ExplainRequest, ExplainResponse, ExplanationOut
 from db import crud, queue
 from db.models import Detection
@@ -68,6 +68,7 @@ async def explain(
             "api",
             [body.sequence.service],
         )
+        await queue_followups(session, settings, rows, "never")  # its alert, when it is flagged high enough
         detection_id = rows[0].id
     else:
         assert body.detection_id is not None

@@ -104,3 +104,42 @@ def make_client(models: tuple[Any, Any], db_url: str) -> AppFactory:  # noqa: F8
                 yield client
 
     return factory
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def serve_app(models: tuple[Any, Any], db_url: str) -> AppFactory:  # noqa: F811
+    """``with serve_app(**settings) as (base_url, app)``: the real app in a real uvicorn server on a free port."""
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    import uvicorn
+
+    @contextmanager
+    def factory(**overrides: Any) -> Any:
+        settings = Settings(database_url=db_url, **{"workers": 1, **overrides})
+        app = create_app(settings, detector=models[0], explainer=models[1])
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}", app
+        finally:
+            server.should_exit = True
+            thread.join(30)
+
+    return factory

@@ -223,11 +223,11 @@ async def test_work_budget_refuses_before_building_windows(make_client: Any) -> 
         seqs = [{"log_entries": ["x" * 1000] * 40} for _ in range(2)]
         r = await client.post("/detect", json={"sequences": seqs})
         assert r.status_code == 413 and "max_bytes_per_request" in r.json()["detail"], r.text
-        # sessions: each line names 50 sessions, so 100 lines would fill 5,000 session lines
-        many = [" ".join(f"blk_{j}" for j in range(50))] * 100
+        # sessions: counted before grouping (each line joins one session)
+        many = [f"blk_{j % 7} ok" for j in range(2001)]
         r = await client.post("/detect", json={"lines": many, "window": {"type": "session", "session_key": r"blk_\d+"}})
-        assert r.status_code == 413 and "more than 2000 lines" in r.json()["detail"], r.text
-        # a pattern that backtracks for hours in Python's re runs in linear time; RE2's missing features: 422
+        assert r.status_code == 413 and "2001 lines" in r.json()["detail"], r.text
+        # a pattern that backtracks catastrophically gives up after the session regex timeout: still answered
         r = await client.post(
             "/detect",
             json={
@@ -236,10 +236,6 @@ async def test_work_budget_refuses_before_building_windows(make_client: Any) -> 
             },
         )
         assert r.status_code == 200, r.text
-        r = await client.post(
-            "/detect", json={"lines": ["blk_1 a"], "window": {"type": "session", "session_key": r"(blk)_\1"}}
-        )
-        assert r.status_code == 422 and "RE2 syntax" in r.json()["detail"], r.text
         # within the budget: scored
         r = await client.post("/detect", json={"sequences": [{"log_entries": ["INFO [gateway] GET /health 200"] * 5}]})
         assert r.status_code == 200, r.text

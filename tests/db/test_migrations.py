@@ -18,7 +18,15 @@ from db.base import Base
 from db.session import Database, make_engine, normalize_url
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"detections", "explanations", "explanation_jobs", "alembic_version"}
+TABLES = {
+    "detections",
+    "explanations",
+    "explanation_jobs",
+    "live_sessions",
+    "session_lines",
+    "alert_deliveries",
+    "alembic_version",
+}
 
 
 def _tables(conn: Connection) -> set[str]:
@@ -34,7 +42,7 @@ async def test_upgrade_empty_database_is_idempotent_and_matches_models(db_url: s
     assert await migrate.current_revision(db_url) is None
     await migrate.upgrade(db_url)
     await migrate.upgrade(db_url)  # a second start finds head and does nothing
-    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0003_detection_service"
+    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0004_live_sessions_alerts"
     engine = make_engine(db_url)
     try:
         async with engine.connect() as conn:
@@ -125,7 +133,7 @@ async def test_command_line_upgrade_and_current(db_url: str, capsys: pytest.Capt
     # called from a running event loop: the command runs its own loop in a helper thread
     assert migrate.main(["--url", db_url, "upgrade"]) == 0
     assert migrate.main(["--url", db_url, "current"]) == 0
-    assert "0003_detection_service (head: 0003_detection_service)" in capsys.readouterr().out
+    assert "0004_live_sessions_alerts (head: 0004_live_sessions_alerts)" in capsys.readouterr().out
     assert migrate.main(["--url", "mysql://nowhere/x", "upgrade"]) == 1
     assert "unsupported database" in capsys.readouterr().err
 
