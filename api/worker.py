@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from typing import Any
 
 from api.metrics import Metrics
@@ -41,6 +42,16 @@ log = logging.getLogger(__name__)
 
 STORE_RETRY_MAX_SECONDS = 10.0  # the longest pause between two tries to store a finished explanation
 RELEASE_TIMEOUT_SECONDS = 5.0
+
+
+_OUTAGE_LOGS: weakref.WeakKeyDictionary[Database, OutageLog] = weakref.WeakKeyDictionary()
+
+
+def _database_outage_log(database: Database) -> OutageLog:
+    """The outage log of the workers on ``database``: an outage is logged once per process, not once per worker."""
+    if database not in _OUTAGE_LOGS:
+        _OUTAGE_LOGS[database] = OutageLog(log, "database", remind_seconds=60.0)
+    return _OUTAGE_LOGS[database]
 
 
 class ExplainWorker:
@@ -60,7 +71,7 @@ class ExplainWorker:
         self.metrics = metrics
         self.poll_seconds = poll_seconds
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.db_outage = OutageLog(log, "database", remind_seconds=60.0)
+        self.db_outage = _database_outage_log(database)  # shared by the workers of one database: one line
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._idle_seconds = poll_seconds
@@ -108,7 +119,7 @@ class ExplainWorker:
                 raise
             except Exception as exc:
                 if is_database_outage(exc):
-                    self.db_outage.failed(exc, f" (worker {self.worker_id} waits for it)")
+                    self.db_outage.failed(exc, " (the explanation workers wait for it)")
                 else:  # a bug: its traceback once, then one line a minute while it repeats
                     if not errors.down:
                         log.exception("worker %s: unexpected error", self.worker_id)

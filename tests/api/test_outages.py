@@ -260,3 +260,27 @@ async def test_a_finished_explanation_survives_a_database_outage(
         assert not [r for r in caplog.records if r.exc_info]
     finally:
         proxy.cut()
+
+
+@pytest.mark.postgres
+async def test_an_idle_worker_logs_a_database_outage_once(
+    pg_url: str, models: tuple[Any, Any], tiny_explainer_path: Path, caplog: Any
+) -> None:
+    proxy, url = TcpProxy.for_url(pg_url)
+    caplog.set_level(logging.INFO, logger="api.worker")
+    try:
+        async with app_client(url, models[0], remote(StubLLM(), tiny_explainer_path), workers=2) as client:
+            workers = client.app.state.workers  # type: ignore[attr-defined]
+            for w in workers:
+                w.poll_seconds = 0.2  # look at the queue five times a second
+            proxy.cut()
+            await wait_until(lambda: asyncio.sleep(0, workers[0].db_outage.failures >= 20), 60)
+            proxy.restore()
+            await wait_until(lambda: asyncio.sleep(0, not any(w.db_outage.down for w in workers)), 60)
+        messages = [r.getMessage() for r in caplog.records if r.name == "api.worker"]
+        down = [m for m in messages if "database unreachable" in m]
+        assert len(down) == 1, messages  # one line for the whole outage, not one per try or per worker
+        assert len([m for m in messages if "database back" in m]) == 1
+        assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    finally:
+        proxy.cut()
