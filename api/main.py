@@ -5,6 +5,7 @@ uvicorn --factory api.main:create_app     # or: logtriage serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.alerts import AlertDispatcher
 from api.live import LiveSessions
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import detect, detections, explain, health, otlp, ui
+from api.outage import install_database_outage_handler
+from api.routes import detect, detections, explain, health, jobs, otlp, ui
 from api.security import BodySizeLimit, require_api_key
 from api.services import DetectorService, ExplainerService
 from api.worker import ExplainWorker
@@ -76,19 +78,27 @@ def create_app(
             await db.upgrade()
         det, expl, clus = detector, explainer, clusterer
         if det is None:
-            import asyncio
-
             det, loaded_expl, loaded_clus = await asyncio.to_thread(load_models, settings)
             expl = expl if expl is not None else loaded_expl
             clus = clus if clus is not None else loaded_clus
         app.state.detector = DetectorService(det, settings, metrics, clusterer=clus)
-        app.state.explainer = ExplainerService(expl, metrics) if expl is not None and settings.load_explainer else None
+        app.state.explainer = (
+            ExplainerService(expl, metrics, settings) if expl is not None and settings.load_explainer else None
+        )
         await app.state.detector.batcher.start()
         app.state.workers = []
         if app.state.explainer is not None:
             app.state.workers = [
                 ExplainWorker(db, app.state.explainer, settings, metrics) for _ in range(settings.workers)
             ]
+            if settings.workers > app.state.explainer.concurrency:
+                log.info(
+                    "%d explanation workers over an explainer that runs %d call(s) at a time: %d explain at once, "
+                    "the others wait without holding a job",
+                    settings.workers,
+                    app.state.explainer.concurrency,
+                    app.state.explainer.concurrency,
+                )
             for worker in app.state.workers:
                 worker.start()
         app.state.alerts = AlertDispatcher(db, settings, metrics) if detect.alert_sinks(settings) else None
@@ -115,8 +125,8 @@ def create_app(
             await app.state.live.stop()
             if app.state.alerts is not None:
                 await app.state.alerts.stop()
-            for worker in app.state.workers:
-                await worker.stop()
+            # SIGTERM: no new job; running ones get the shutdown grace, then go back to the queue
+            await asyncio.gather(*(worker.stop() for worker in app.state.workers))
             await app.state.detector.batcher.stop()
             await db.dispose()
 
@@ -141,12 +151,15 @@ def create_app(
     app.include_router(explain.router, dependencies=guarded)
     app.include_router(detections.router, dependencies=guarded)
     app.include_router(otlp.router, dependencies=guarded)
+    app.include_router(jobs.router, dependencies=guarded)
     app.include_router(health.router)  # health, ready and metrics stay open, like the docs
     app.include_router(ui.router)  # the page is open too; its API calls carry the operator's key
     app.mount("/ui/static", ui.static, name="ui-static")
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # a database outage is answered 503 with Retry-After on every route, logged once per outage
+    app.state.db_outage = install_database_outage_handler(app, settings.db_retry_after_seconds, log)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

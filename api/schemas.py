@@ -218,6 +218,11 @@ class Ready(BaseModel):
     database: bool
     detector_version: str | None = None
     explainer_model: str | None = None
+    llm: Literal["ok", "down", "unknown"] | None = Field(
+        None, description="the LLM backend as this process's workers last found it (None: no explainer here)"
+    )
+    llm_error: str | None = Field(None, description="why the LLM backend is down")
+    llm_retry_in_seconds: float | None = Field(None, description="until the next try of the LLM backend")
 
 
 class ErrorOut(BaseModel):

@@ -1,21 +1,26 @@
 """The two model tiers behind small async facades the routes and the worker share.
 
 Both models load once (in the lifespan); every model call runs in a worker thread so the event
-loop keeps serving. Detection is micro-batched across concurrent requests; explanation runs one
-at a time per process (the LLM is the expensive part and would only thrash the CPU otherwise).
+loop keeps serving. Detection is micro-batched across concurrent requests; explanations run as
+many at a time as the explainer allows (``max_concurrency``: one for a model in this process, whose
+calls would only thrash the CPU, many for an OpenAI-compatible server, which batches them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from api.batching import MicroBatcher
+from api.llm_health import LLMHealth
 from api.metrics import Metrics
 from core.settings import Settings
 
@@ -140,27 +145,69 @@ class DetectorService:
         return verdicts
 
 
-class ExplainerService:
-    """Runs the explainer off the event loop, one explanation at a time."""
+T = TypeVar("T")
 
-    def __init__(self, explainer: Explainer, metrics: Metrics) -> None:
+
+async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a daemon thread: a caller that stops waiting (shutdown) does not keep the process alive.
+
+    ``asyncio.to_thread`` uses the loop's executor, which ``asyncio.run`` and the interpreter join at
+    exit: a stopping worker would wait for an LLM call it has already given back.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller stopped waiting
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=f"explain-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await future
+
+
+class ExplainerService:
+    """Runs the explainer off the event loop, ``concurrency`` calls at a time, behind the LLM backend's circuit."""
+
+    def __init__(self, explainer: Explainer, metrics: Metrics, settings: Settings | None = None) -> None:
         self.explainer = explainer
         self.metrics = metrics
-        self._lock = asyncio.Lock()
+        # a model in this process runs one call at a time; an OpenAI-compatible server many (it batches them)
+        self.concurrency = max(1, int(getattr(explainer, "max_concurrency", 1) or 1))
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self.health = LLMHealth(
+            settings.job_backoff_seconds if settings is not None else 5.0,
+            settings.job_backoff_max_seconds if settings is not None else 600.0,
+        )
 
     @property
     def model_name(self) -> str:
         """The explainer's model name (artifact folder or served model)."""
         return str(getattr(self.explainer, "name", None) or type(self.explainer).__name__)
 
+    def slot(self) -> asyncio.Semaphore:
+        """``async with service.slot():`` one of the ``concurrency`` calls; the worker holds it from the lease
+        of a job to its end, so a process never leases a job that cannot run yet."""
+        return self._slots
+
     async def explain(
         self, lines: list[str], lang: str, context: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], float]:
-        """The validated explanation as a dict, and the seconds it took."""
-        async with self._lock:
-            start = time.perf_counter()
-            explanation = await asyncio.to_thread(self.explainer.explain, lines, lang, context)
-            elapsed = time.perf_counter() - start
+        """The validated explanation as a dict, and the seconds it took (the caller holds a ``slot()``)."""
+        start = time.perf_counter()
+        explanation = await run_in_daemon_thread(self.explainer.explain, lines, lang, context)
+        elapsed = time.perf_counter() - start
         self.metrics.explain_seconds.observe(elapsed)
         data = explanation.model_dump() if hasattr(explanation, "model_dump") else dict(explanation)
         return data, elapsed

@@ -28,3 +28,7 @@ class LimitError(DataError):
 
 class ModelError(LogTriageError):
     """A model folder that cannot be loaded or used."""
+
+
+class BackendUnavailable(ModelError):
+    """A model server that cannot answer now (refused, timed out, 5xx, 429): the same call may succeed later."""

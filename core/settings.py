@@ -38,8 +38,15 @@ class Settings(BaseSettings):
     explain_wait_seconds: float = 20.0
     explain_lang: str = "en"
     workers: int = 1  # in-process explanation workers (0: none; run `logtriage worker` elsewhere)
-    job_lease_seconds: float = 300.0
-    job_max_attempts: int = 3
+    # the job queue: a running job's lease is renewed every quarter lease; a dead worker's job is taken again after it
+    job_lease_seconds: float = 60.0
+    job_max_attempts: int = 3  # tries of a job that fails by itself (bad input); LLM outages and shutdowns don't count
+    job_backoff_seconds: float = 5.0  # the first retry's delay; doubles with each try (LLM outage: with each probe)
+    job_backoff_max_seconds: float = 600.0  # the longest delay between two tries
+    job_retry_window_seconds: float = 86400.0  # an unreachable LLM's jobs wait this long (from queueing), then fail
+    shutdown_grace_seconds: float = 10.0  # on SIGTERM a running job may finish this long, then goes back to the queue
+    ready_requires_llm: bool = True  # /ready answers 503 while this process's LLM backend is down (circuit open)
+    db_retry_after_seconds: int = 5  # Retry-After of the 503 answered while the database is unreachable
     # micro-batching of concurrent /detect requests
     batching: bool = True
     batch_window_ms: float = 5.0

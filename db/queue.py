@@ -2,8 +2,12 @@
 
 Life of a job: ``enqueue`` (queued) -> ``claim`` (running, leased to one worker) -> ``complete``
 (done) or ``fail`` (queued again after a backoff, or failed once ``max_attempts`` are used).
+``release`` puts a running job back without spending a try (its worker is shutting down, or the
+LLM backend is down: not the job's fault); ``retry_failed`` queues failed jobs again with fresh
+tries (after the outage or bug that failed them is over).
 A running job whose lease expired (its worker died) is claimed again by the next ``claim``, or
 put back by ``requeue_stale``; one that has used all its attempts is marked failed instead.
+Workers renew the lease of the job they run (``extend_lease``), so a lease can be short.
 
 Claiming is one ``UPDATE ... WHERE id = (SELECT id ... ORDER BY ... LIMIT 1) AND <still claimable>
 RETURNING *`` statement, committed at once:
@@ -21,7 +25,7 @@ Times are taken from the application's clock in UTC (``now`` can be passed, for 
 should run NTP; leases (minutes) dwarf the usual skew.
 
 ``enqueue`` only flushes (it joins the caller's transaction, with the detection it refers to);
-``claim``, ``complete``, ``fail`` and ``requeue_stale`` commit, because other workers must see a
+``claim``, ``complete``, ``fail``, ``release``, ``retry_failed`` and ``requeue_stale`` commit, because other workers must see a
 claim at once and a long-running worker must not hold a transaction open.
 """
 
@@ -31,7 +35,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -250,9 +254,11 @@ async def extend_lease(session: AsyncSession, job_id: str, worker_id: str, *, no
     return held is not None
 
 
-def backoff_delay(attempts: int, base_seconds: float = DEFAULT_BACKOFF_SECONDS) -> float:
-    """Seconds before retry number ``attempts``: base, 2x base, 4x base ... up to 10 minutes."""
-    return float(min(MAX_BACKOFF_SECONDS, base_seconds * 2 ** max(0, attempts - 1)))
+def backoff_delay(
+    attempts: int, base_seconds: float = DEFAULT_BACKOFF_SECONDS, max_seconds: float = MAX_BACKOFF_SECONDS
+) -> float:
+    """Seconds before retry number ``attempts``: base, 2x base, 4x base ... up to ``max_seconds`` (10 minutes)."""
+    return float(min(max_seconds, base_seconds * 2 ** min(max(0, attempts - 1), 60)))
 
 
 async def fail(
@@ -262,6 +268,7 @@ async def fail(
     *,
     worker_id: str | None = None,
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+    max_backoff_seconds: float = MAX_BACKOFF_SECONDS,
     now: datetime | None = None,
 ) -> ExplanationJob | None:
     """Record a failed attempt; commits. Queued again after a backoff, or failed for good after max_attempts.
@@ -285,7 +292,8 @@ async def fail(
                 "status": JobStatus.QUEUED.value,
                 "locked_by": None,
                 "locked_at": None,
-                "available_at": now + timedelta(seconds=backoff_delay(job.attempts, backoff_seconds)),
+                "available_at": now
+                + timedelta(seconds=backoff_delay(job.attempts, backoff_seconds, max_backoff_seconds)),
             }
         attempts = job.attempts
         updated = await _update_where(session, lambda j: [*where(j), j.attempts == attempts], values)
@@ -296,6 +304,103 @@ async def fail(
     if updated is not None and updated.status == JobStatus.FAILED.value:
         log.warning("job %s failed after %d attempts: %s", job_id, updated.attempts, (error.splitlines() or [""])[0])
     return updated
+
+
+async def release(
+    session: AsyncSession,
+    job_id: str,
+    worker_id: str,
+    *,
+    delay_seconds: float = 0.0,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> ExplanationJob | None:
+    """Put a job this worker holds back in the queue without spending a try; commits.
+
+    For failures that are not the job's: the worker is shutting down, or the LLM backend is down.
+    The job is queued again (ready after ``delay_seconds``) and its allowance grows by the try it
+    took (``max_attempts + 1``), so ``attempts`` still counts every take and a backoff computed from
+    it still grows. ``error`` (when given) is kept in ``last_error``. None when the worker no longer
+    holds the job.
+    """
+    now = now or utcnow()
+    values: dict[str, Any] = {
+        "status": JobStatus.QUEUED.value,
+        "locked_by": None,
+        "locked_at": None,
+        "available_at": now + timedelta(seconds=delay_seconds),
+        "max_attempts": ExplanationJob.max_attempts + 1,
+        "updated_at": now,
+    }
+    if error is not None:
+        values["last_error"] = _trim(error)
+    try:
+        released = await _update_where(session, _mine(job_id, worker_id), values)
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    return released
+
+
+async def retry_failed(
+    session: AsyncSession,
+    detection_ids: list[str] | None = None,
+    *,
+    max_attempts: int = 3,
+    now: datetime | None = None,
+) -> list[str]:
+    """Queue failed jobs again with ``max_attempts`` fresh tries (all failed ones, or those of ``detection_ids``);
+    commits; the detection ids requeued.
+
+    Only a detection's latest job is taken, and only while the detection has no queued or running
+    job (a newer job, or an explanation done since, means there is nothing to retry). The last error
+    stays in ``last_error`` until the next try.
+    """
+    now = now or utcnow()
+    other = aliased(ExplanationJob)
+    superseded = (
+        select(other.id)
+        .where(
+            other.detection_id == ExplanationJob.detection_id,
+            other.id != ExplanationJob.id,
+            or_(
+                other.status.in_(ACTIVE_STATUSES),
+                other.created_at > ExplanationJob.created_at,
+                and_(other.created_at == ExplanationJob.created_at, other.id > ExplanationJob.id),
+            ),
+        )
+        .exists()
+    )
+    where = [ExplanationJob.status == JobStatus.FAILED.value, ~superseded]
+    if detection_ids is not None:
+        if not detection_ids:
+            return []
+        where.append(ExplanationJob.detection_id.in_(detection_ids))
+    stmt = (
+        update(ExplanationJob)
+        .where(*where)
+        .values(
+            status=JobStatus.QUEUED.value,
+            attempts=0,
+            max_attempts=max_attempts,
+            locked_by=None,
+            locked_at=None,
+            available_at=now,
+            updated_at=now,
+        )
+        .returning(ExplanationJob.detection_id)
+        .execution_options(synchronize_session=False)
+    )
+    try:
+        requeued = list((await session.scalars(stmt)).all())
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    if requeued:
+        log.warning("%d failed job(s) queued again", len(requeued))
+    return requeued
 
 
 async def requeue_stale(session: AsyncSession, older_than: float | timedelta, *, now: datetime | None = None) -> int:
@@ -351,3 +456,11 @@ async def latest_job(session: AsyncSession, detection_id: str) -> ExplanationJob
         .execution_options(populate_existing=True)
     )
     return (await session.scalars(stmt)).one_or_none()
+
+
+async def list_jobs(session: AsyncSession, status: str | None = None, limit: int = 50) -> list[ExplanationJob]:
+    """Jobs (of one status, or all), the most recently updated first."""
+    stmt = select(ExplanationJob).order_by(ExplanationJob.updated_at.desc(), ExplanationJob.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(ExplanationJob.status == status)
+    return list((await session.scalars(stmt.execution_options(populate_existing=True))).all())

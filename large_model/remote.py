@@ -36,6 +36,7 @@ texts are generated field by field in the same way, as continuations of the assi
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import ModelError
+from core.errors import BackendUnavailable, ModelError
 from large_model import prompts
 from large_model.encoding import PromptEncoder
 from large_model.evidence import FlowProfile
@@ -62,11 +63,19 @@ from large_model.schema import Explanation, LabelSet
 log = logging.getLogger(__name__)
 
 MODES = ("completions", "chat")
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})  # the server may answer the same request later
 STOP_STRINGS = ("<|im_end|>", "<|endoftext|>")  # end of turn / of text in Qwen-style templates
 
 
 class OpenAIExplainer:
-    """Explains through a /v1/completions (or /v1/chat/completions) server; same prompts and scoring."""
+    """Explains through a /v1/completions (or /v1/chat/completions) server; same prompts and scoring.
+
+    Safe to call from several threads at once (the server batches concurrent requests): only the
+    tokenizer is shared, behind a lock. A server that cannot answer now (refused, timed out, 408,
+    429, 5xx) raises :class:`BackendUnavailable`; any other failure is a plain :class:`ModelError`.
+    """
+
+    max_concurrency = 64  # explanations one process may have in flight against the server
 
     def __init__(
         self,
@@ -100,6 +109,7 @@ class OpenAIExplainer:
         if flow_profile is None:
             flow_profile = folder_profile(folder)
         self.encoder = PromptEncoder(self.tokenizer, labels, max_prompt_tokens, profile=flow_profile)
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads at once
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
         if client is not None and headers:
@@ -124,10 +134,15 @@ class OpenAIExplainer:
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self.client.post(path, json=payload)
+        except httpx.TransportError as exc:  # refused, reset, timed out: the server is down or overloaded
+            raise BackendUnavailable(
+                f"the OpenAI-compatible server did not answer {path}: {type(exc).__name__}: {exc}"
+            ) from None
         except httpx.HTTPError as exc:
             raise ModelError(f"the OpenAI-compatible server did not answer {path}: {exc}") from None
         if response.status_code != 200:
-            raise ModelError(f"{path} answered {response.status_code}: {response.text[:300]}")
+            error = BackendUnavailable if response.status_code in TRANSIENT_STATUS else ModelError
+            raise error(f"{path} answered {response.status_code}: {response.text[:300]}")
         try:
             return dict(response.json())
         except ValueError:
@@ -212,9 +227,7 @@ class OpenAIExplainer:
             if self.mode == "chat" and text.startswith(answer + raw):
                 text = text[len(answer + raw) :]
             usage = data.get("usage") or {}
-            took = int(
-                usage.get("completion_tokens") or len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            )
+            took = int(usage.get("completion_tokens") or self._count_tokens(text))
             used += max(took, 1)
             for stop in STOP_STRINGS:  # the turn ended inside the string: not closed
                 if stop in text:
@@ -227,6 +240,10 @@ class OpenAIExplainer:
                 break  # out of budget (or a server that ended for another reason)
         return raw, False, used
 
+    def _count_tokens(self, text: str) -> int:
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def explain(
         self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
     ) -> Explanation:
@@ -238,12 +255,15 @@ class OpenAIExplainer:
     ) -> ExplainResult:
         """:meth:`explain` with scores (completions mode), raw text and time."""
         started = time.perf_counter()
-        messages, omitted = self.encoder.messages(log_entries, lang, context, reserve=answer_span(self.max_new_tokens))
+        with self._tokenizer_lock:
+            messages, omitted = self.encoder.messages(
+                log_entries, lang, context, reserve=answer_span(self.max_new_tokens)
+            )
+            prompt = self.encoder.render(messages) if self.mode == "completions" else ""  # chat: the server renders
         cats, sevs = self.labels.categories, self.labels.severities
         cat_scores: list[float] = []
         sev_scores: list[float] = []
         confidence: float | None = None  # chat mode: the server gives no label scores
-        prompt = self.encoder.render(messages) if self.mode == "completions" else ""  # chat: the server renders
         if self.mode == "completions":
             cat_scores = self._score(prompt + prompts.category_prefix(), cats)
             category, confidence = choose_category(cats, cat_scores)

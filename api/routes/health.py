@@ -19,13 +19,18 @@ async def health() -> Health:
 
 @router.get("/ready", response_model=Ready, summary="Readiness", responses={503: {"model": Ready}})
 async def ready(request: Request, response: Response) -> Ready:
-    """Models loaded and the database reachable; 503 otherwise."""
+    """Models loaded, the database reachable and (``LOGTRIAGE_READY_REQUIRES_LLM``) the LLM backend up; 503 otherwise."""
     state = request.app.state
     database = await state.db.ping()
+    if database and getattr(state, "db_outage", None) is not None:
+        state.db_outage.ok()  # logs the end of an outage the routes saw
     detector = state.detector is not None
     explainer_needed = state.settings.load_explainer and state.settings.workers > 0
     explainer = state.explainer is not None
+    llm = state.explainer.health.report() if explainer else None
+    llm_down = llm is not None and llm["state"] == "down" and explainer_needed
     ok = database and detector and (explainer or not explainer_needed)
+    ok = ok and not (llm_down and state.settings.ready_requires_llm)
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Ready(
@@ -35,6 +40,9 @@ async def ready(request: Request, response: Response) -> Ready:
         database=database,
         detector_version=state.detector.version if detector else None,
         explainer_model=state.explainer.model_name if explainer else None,
+        llm=llm["state"] if llm else None,
+        llm_error=llm["last_error"] if llm else None,
+        llm_retry_in_seconds=llm["retry_in_seconds"] if llm else None,
     )
 
 

@@ -274,3 +274,51 @@ async def test_claim_skips_a_locked_job_instead_of_waiting(pg_url: str) -> None:
     finally:
         await holder.dispose()
         await claimer.dispose()
+
+
+async def test_release_gives_the_try_back_and_backoff_is_configurable(db: Database) -> None:
+    (job_id,) = await enqueue_all(db, await add_detections(db, 1), max_attempts=2)
+    async with db.session() as s:
+        taken = await queue.claim(s, "w1", LEASE, now=T0)
+        assert taken is not None and taken.attempts == 1
+        assert await queue.release(s, job_id, "w2", now=T0) is None  # not w2's job
+        back = await queue.release(s, job_id, "w1", delay_seconds=30, error="LLM down", now=T0)
+        assert back is not None
+        assert (back.status, back.locked_by, back.attempts, back.max_attempts) == ("queued", None, 1, 3)
+        assert back.last_error == "LLM down" and back.available_at == T0 + timedelta(seconds=30)
+        assert await queue.claim(s, "w1", LEASE, now=T0 + timedelta(seconds=29)) is None  # waits out the delay
+        for n in range(2, 4):  # two tries of its own left: the released one was not counted
+            job = await queue.claim(s, "w1", LEASE, now=T0 + timedelta(hours=n))
+            assert job is not None and job.attempts == n
+            failed = await queue.fail(
+                s, job_id, "bad input", worker_id="w1", backoff_seconds=60, max_backoff_seconds=90, now=T0
+            )
+            assert failed is not None
+        assert failed is not None and failed.status == "failed" and failed.attempts == 3
+    assert [queue.backoff_delay(n, 60, 90) for n in (1, 2, 3)] == [60, 90, 90]
+    assert queue.backoff_delay(10_000, 5) == queue.MAX_BACKOFF_SECONDS  # no overflow on a long outage
+
+
+async def test_retry_failed_requeues_the_latest_failed_job_of_each_detection(db: Database) -> None:
+    a, b, c = await add_detections(db, 3)
+    await enqueue_all(db, [a, b, c], max_attempts=1)
+    async with db.session() as s:
+        for _ in range(3):
+            job = await queue.claim(s, "w1", LEASE)
+            assert job is not None
+            await queue.fail(s, job.id, f"boom {job.detection_id}", worker_id="w1")
+        assert (await queue.counts(s))["failed"] == 3
+        newer = await queue.enqueue(s, c)  # c was asked again meanwhile: its failed job is not retried
+        await s.commit()
+        assert await queue.retry_failed(s, [a], max_attempts=4) == [a]
+        assert await queue.retry_failed(s, [a], max_attempts=4) == []  # queued now, not failed
+        assert sorted(await queue.retry_failed(s, max_attempts=4)) == [b]
+        assert await queue.retry_failed(s, []) == []
+        jobs = {j.detection_id: j for j in await queue.list_jobs(s, "queued")}
+        assert (jobs[a].status, jobs[a].attempts, jobs[a].max_attempts) == ("queued", 0, 4)
+        assert jobs[a].last_error == f"boom {a}"  # kept until the next try
+        latest_c = await queue.latest_job(s, c)
+        assert latest_c is not None and latest_c.id == newer.id and latest_c.status == "queued"
+        assert await queue.counts(s) == {"queued": 3, "running": 0, "done": 0, "failed": 1}
+        failed = await queue.list_jobs(s, "failed")
+        assert [j.detection_id for j in failed] == [c]

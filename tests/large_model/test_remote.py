@@ -130,3 +130,28 @@ def test_remote_errors_are_model_errors(served: tuple[Path, CompletionsServer]) 
     remote = OpenAIExplainer("http://vllm", "explainer", folder, client=client)
     with pytest.raises(ModelError, match="503"):
         remote.explain(["ERROR x"])
+
+
+def test_outages_are_told_from_bad_requests(served: tuple[Path, CompletionsServer]) -> None:
+    """Refused, timed out and 5xx are BackendUnavailable (retry later); a 400 is a plain ModelError (bad input)."""
+    from core.errors import BackendUnavailable
+    from tests.llm_stub import StubLLM
+
+    folder, _ = served
+    stub = StubLLM()  # not started: the port refuses connections
+    remote = OpenAIExplainer(stub.url, "explainer", folder, timeout=1.0)
+    with pytest.raises(BackendUnavailable, match="did not answer"):
+        remote.explain(["ERROR x"])
+    with stub.start():
+        stub.status = 503
+        with pytest.raises(BackendUnavailable, match="503"):
+            remote.explain(["ERROR x"])
+        stub.status = 400
+        with pytest.raises(ModelError, match="400") as bad:
+            remote.explain(["ERROR x"])
+        assert not isinstance(bad.value, BackendUnavailable)
+        stub.status, stub.delay = None, 3.0  # slower than the client's 1 s timeout
+        with pytest.raises(BackendUnavailable, match="Timeout"):
+            remote.explain(["ERROR x"])
+        stub.delay = 0.0
+        assert remote.explain(["ERROR x"]).summary  # back: it answers
