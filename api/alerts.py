@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 
 from api.metrics import Metrics
+from api.outage import OutageLog
 from core.settings import Settings
 from db import alerts, crud, queue
 from db.base import utcnow
+from db.errors import is_database_outage
 from db.models import ACTIVE_STATUSES, Detection
 from db.session import Database
 
@@ -116,6 +118,9 @@ class AlertDispatcher:
         poll_seconds: float = 1.0,
     ) -> None:
         self.db = database
+        self.outage = OutageLog(
+            log, "database (alert dispatcher)"
+        )  # an outage: one line when it starts, one when it ends
         self.settings = settings
         self.metrics = metrics
         self.sinks = {
@@ -156,9 +161,14 @@ class AlertDispatcher:
                 handled = await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database went away for a moment: keep the loop alive
-                log.exception("alert dispatcher: error")
+            except Exception as exc:  # keep the loop alive: a database outage is logged once, a bug each time
+                if is_database_outage(exc):
+                    self.outage.failed(exc)
+                else:
+                    log.exception("alert dispatcher: error")
                 handled = 0
+            else:
+                self.outage.ok()
             if handled >= CLAIM_BATCH:
                 continue
             self._wake.clear()

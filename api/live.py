@@ -17,12 +17,14 @@ from datetime import timedelta
 from typing import Any
 
 from api.metrics import Metrics
+from api.outage import OutageLog
 from api.routes.detect import detect_and_store, queue_followups
 from api.services import DetectorService
 from core.sessions import LogRecord, SessionKeys, SessionRules
 from core.settings import Settings
 from db import live
 from db.base import utcnow
+from db.errors import is_database_outage
 from db.session import Database
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class LiveSessions:
         on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.db = database
+        self.outage = OutageLog(log, "database (live sessions)")  # an outage: one line when it starts, one when it ends
         self.detector = detector
         self.settings = settings
         self.metrics = metrics
@@ -178,9 +181,14 @@ class LiveSessions:
                 handled = await self.close_due()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database went away for a moment: keep the loop alive
-                log.exception("live sessions: closing failed")
+            except Exception as exc:  # keep the loop alive: a database outage is logged once, a bug each time
+                if is_database_outage(exc):
+                    self.outage.failed(exc)
+                else:
+                    log.exception("live sessions: closing failed")
                 handled = 0
+            else:
+                self.outage.ok()
             if handled >= CLOSE_BATCH:
                 continue
             self._wake.clear()
