@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 
+from api.errors import error_responses, install_error_handlers
 from api.metrics import Metrics
 from api.routes import detect, detections, explain, health
-from api.security import BodySizeLimit, require_api_key
+from api.security import BodySizeLimit, auth_dependencies
 from api.services import DetectorService, ExplainerService
 from api.worker import ExplainWorker
-from core.errors import LogTriageError
 from core.settings import Settings, get_settings
 from db.session import Database
 
@@ -104,7 +101,7 @@ def create_app(
             await app.state.detector.batcher.stop()
             await db.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the package's own assets: they work offline
         title="LogTriage",
         version="0.1.0",
         summary="Log anomaly detection (MoE-BERT) with LLM explanations",
@@ -118,11 +115,13 @@ def create_app(
     app.state.explainer = None
     app.state.workers = []
 
-    guarded = [Depends(require_api_key)]
-    app.include_router(detect.router, dependencies=guarded)
-    app.include_router(explain.router, dependencies=guarded)
-    app.include_router(detections.router, dependencies=guarded)
-    app.include_router(health.router)  # health, ready and metrics stay open, like the docs
+    guarded = auth_dependencies(settings)  # the key scheme is declared (and checked) only where keys are set
+    errors = error_responses(*([401] if settings.api_keys else []), 422, 500, 503)
+    app.include_router(detect.router, dependencies=guarded, responses=errors)
+    app.include_router(explain.router, dependencies=guarded, responses=errors)
+    app.include_router(detections.router, dependencies=guarded, responses=errors)
+    app.include_router(health.router, responses=error_responses(500))  # open, like the docs
+    install_error_handlers(app)  # before the middleware below, so that they count its 500s
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -135,27 +134,5 @@ def create_app(
         return response
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
-
-    @app.exception_handler(LogTriageError)
-    async def user_error(_: Request, exc: LogTriageError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        incident = uuid.uuid4().hex[:12]
-        log.error("incident %s: %s", incident, exc, exc_info=exc)
-        return JSONResponse({"detail": f"internal error (incident {incident}; see the server log)"}, status_code=500)
 
     return app

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 
 from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
+from api.errors import error_responses
 from api.schemas import DetectionOut, DetectRequest, DetectResponse, LineContribution
 from api.services import DetectorService
 from core.errors import DataError
@@ -98,7 +99,7 @@ async def detect_and_store(
     "/detect",
     response_model=DetectResponse,
     summary="Score log sequences; queue the anomalous ones for explanation",
-    responses={413: {"description": "a request limit was exceeded"}, 422: {"description": "invalid request"}},
+    responses=error_responses(400, 413),
 )
 async def detect(
     body: DetectRequest, session: SessionDep, detector: DetectorDep, settings: SettingsDep, workers: WorkersDep

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import torch
+import uvicorn
 
 from api.main import create_app
 from core.settings import Settings
@@ -102,5 +106,41 @@ def make_client(models: tuple[Any, Any], db_url: str) -> AppFactory:  # noqa: F8
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
                 client.app = app  # type: ignore[attr-defined]
                 yield client
+
+    return factory
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """``app`` behind a real uvicorn server on a free local port (in a thread); yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the uvicorn server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+@pytest.fixture
+def make_server(models: tuple[Any, Any], db_url: str) -> Callable[..., Any]:  # noqa: F811
+    """``with make_server(**settings) as url``: the real app behind uvicorn on the test database."""
+
+    @contextmanager
+    def factory(**overrides: Any) -> Iterator[str]:
+        settings = Settings(database_url=db_url, **{"workers": 1, "explain_wait_seconds": 30.0, **overrides})
+        with serve(create_app(settings, detector=models[0], explainer=models[1])) as url:
+            yield url
 
     return factory
