@@ -6,12 +6,17 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 ExplainMode = Literal["auto", "never", "always"]
 # What JSON and URLs can carry but neither PostgreSQL (NUL) nor UTF-8 (lone surrogates) can store.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
+
+
+# A character that str.strip() keeps (the complement of str.isspace()): a line with one is not blank.
+NON_BLANK = "[^\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d")
 
 
 def clean_text(value: str) -> str:
@@ -54,10 +59,38 @@ def _not_null(value: Any) -> Any:
     return value
 
 
+def _date_time_text(value: Any) -> Any:
+    if isinstance(value, str) and not _DATE_TIME.match(value):  # not a number of seconds, as pydantic allows
+        raise ValueError("expected an ISO 8601 date and time, such as 2024-05-01T10:00:00Z")
+    return value
+
+
+def _number_not_text(value: Any) -> Any:
+    if isinstance(value, bool | str):  # JSON true or "5" is not a number (pydantic's lax mode takes both)
+        raise ValueError("Input should be a number")
+    return value
+
+
+def _not_blank(lines: list[str]) -> list[str]:
+    if not any(line.strip() for line in lines):
+        raise ValueError("has only empty lines")
+    return lines
+
+
 # Every text of a request (body fields, path and query values) is this type: sanitised once, here.
 Text = Annotated[str, AfterValidator(clean_text)]
-# Every time of a request: aware, in UTC, within the calendar.
-UtcDatetime = Annotated[datetime, AfterValidator(to_utc)]
+# Every time of a request: ISO 8601, aware, in UTC, within the calendar.
+UtcDatetime = Annotated[datetime, BeforeValidator(_date_time_text), AfterValidator(to_utc)]
+# The numbers of a body: JSON numbers (5.0 is the integer 5, as in JSON Schema), never a string or a boolean;
+# their bounds come before the validator, or they vanish from the JSON Schema.
+WindowLength = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_number_not_text)]
+WaitSeconds = Annotated[float, Field(ge=0, le=300), BeforeValidator(_number_not_text)]
+# Log lines: at least one, and at least one that is not blank (in the schema too, as `contains`).
+Lines = Annotated[
+    list[Text],
+    Field(min_length=1, json_schema_extra={"contains": {"type": "string", "pattern": NON_BLANK}}),
+    AfterValidator(_not_blank),
+]
 EXAMPLE_LINES: list[Any] = [
     "2024-05-01 10:00:00.101 INFO [gateway] POST /api/orders req=7f3a user=alice from 10.0.3.14",
     "2024-05-01 10:00:00.130 INFO [auth] token verified for user=alice latency=12ms",
@@ -72,16 +105,38 @@ class SequenceIn(BaseModel):
     """One log sequence to score."""
 
     sequence_id: Text | None = Field(default=None, max_length=200, description="your id; generated when absent")
-    log_entries: list[Text] = Field(min_length=1, description="the log lines of the sequence, in order")
+    log_entries: Lines = Field(description="the log lines of the sequence, in order; not all blank")
 
 
 class WindowSpec(BaseModel):
-    """How raw lines are cut into sequences."""
+    """How raw lines are cut into sequences (``session`` needs ``session_key``; sliding: ``step`` <= ``size``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "session"}}, "required": ["type"]},
+            "then": {"required": ["session_key"], "properties": {"session_key": {"type": "string"}}},
+        }
+    )
 
     type: Literal["fixed", "sliding", "session"] = "fixed"
-    size: int = Field(default=10, ge=1, le=10_000)
-    step: int | None = Field(default=None, ge=1, le=10_000, description="sliding windows: default size // 2")
-    session_key: Text | None = Field(default=None, max_length=500, description="regex; its first group is the key")
+    size: WindowLength = 10
+    step: WindowLength | None = Field(
+        default=None, description="sliding windows: every `step` lines (default size // 2)"
+    )
+    session_key: Annotated[Text, Field(max_length=500, json_schema_extra={"format": "regex"})] | None = Field(
+        default=None, description="session windows: a regex; its first group (else its match) is the key"
+    )
+
+    @model_validator(mode="after")
+    def _session_has_key(self) -> WindowSpec:
+        if self.type == "session" and self.session_key is None:
+            raise ValueError("session windows need a session_key (a regex such as 'blk_-?\\d+')")
+        if self.session_key is not None:
+            try:
+                re.compile(self.session_key)
+            except re.error as exc:
+                raise ValueError(f"session key {self.session_key!r} is not a regular expression: {exc}") from None
+        return self
 
 
 class DetectRequest(BaseModel):
@@ -99,10 +154,10 @@ class DetectRequest(BaseModel):
     sequences: list[SequenceIn] | None = Field(
         default=None, min_length=1, description="the sequences to score (exactly one of sequences, lines)"
     )
-    lines: list[Text] | None = Field(
+    lines: Lines | None = Field(
         default=None,
-        min_length=1,
-        description="raw lines, cut into sequences by `window` (exactly one of sequences, lines)",
+        description="raw lines, cut into sequences by `window`; windows of blank lines only are skipped "
+        "(exactly one of sequences, lines)",
     )
     window: WindowSpec = WindowSpec()
     explain: ExplainMode | None = Field(default=None, description="auto: queue the flagged ones (default)")
@@ -168,7 +223,7 @@ class ExplainRequest(BaseModel):
         default=None, description="a sequence to score, store and explain (exactly one of detection_id, sequence)"
     )
     lang: Literal["en", "zh"] | None = None
-    wait_seconds: float | None = Field(default=None, ge=0, le=300)
+    wait_seconds: WaitSeconds | None = None
 
     _given = field_validator("detection_id", "sequence", mode="before")(_not_null)
 

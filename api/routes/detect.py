@@ -121,7 +121,11 @@ async def detect(
             windows = list(make_windows(body.lines, spec.type, spec.size, spec.step, spec.session_key))
         except DataError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-        items = [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
+        items = [
+            (w.id, w.lines, {"type": spec.type, "lines": w.line_numbers})
+            for w in windows
+            if any(line.strip() for line in w.lines)  # a window of blank lines only: nothing to score
+        ]
     check_limits(settings, [lines for _, lines, _ in items])
     rows = await detect_and_store(session, detector, settings, items, "api")
     mode = body.explain or settings.explain_default

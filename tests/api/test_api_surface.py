@@ -190,3 +190,50 @@ async def test_docs_ui_is_served_from_local_assets(make_client: Any) -> None:
                 asset = await client.get(url)
                 assert asset.status_code == 200 and len(asset.content) > 1000, url
         assert "SwaggerUIBundle" in (await client.get("/docs")).text
+
+
+@pytest.mark.parametrize(
+    "path,payload,needle",
+    [
+        ("/detect", {"lines": ["a"], "window": {"type": "session"}}, "session windows need a session_key"),
+        ("/detect", {"lines": ["a"], "window": {"session_key": "("}}, "session key '(' is not a regular expression"),
+        ("/detect", {"lines": ["a"], "window": {"size": True}}, "window.size: Value error, Input should be a number"),
+        ("/detect", {"lines": ["a"], "window": {"size": "5"}}, "window.size: Value error, Input should be a number"),
+        ("/detect", {"lines": [" ", "\u3000\x1c"]}, "lines: Value error, has only empty lines"),
+        ("/detect", {"sequences": None, "lines": ["a"]}, "sequences: Value error, null is not allowed"),
+        (
+            "/explain",
+            {"detection_id": "x", "wait_seconds": False},
+            "wait_seconds: Value error, Input should be a number",
+        ),
+    ],
+)
+async def test_what_the_schema_says_is_what_the_app_checks(
+    make_client: Any, path: str, payload: dict, needle: str
+) -> None:
+    """Rules schemathesis found the app applying beyond its schema, now in both (JSON true is not 1)."""
+    async with make_client() as client:
+        r = await client.post(path, json=payload)
+        assert r.status_code == 422 and needle in r.json()["detail"], r.text
+        if path == "/detect":
+            spec = (await client.get("/openapi.json")).json()["components"]["schemas"]
+            assert spec["WindowSpec"]["then"] == {
+                "required": ["session_key"],
+                "properties": {"session_key": {"type": "string"}},
+            }
+            assert spec["DetectRequest"]["properties"]["lines"]["contains"]["type"] == "string"
+
+
+async def test_times_are_iso_and_blank_windows_are_skipped(make_client: Any) -> None:
+    async with make_client() as client:
+        r = await client.get("/detections", params={"until": "0.5"})  # pydantic alone reads it as 1970-01-01
+        assert r.status_code == 422 and "query.until: Value error, expected an ISO 8601 date and time" in r.text
+        assert (await client.get("/detections", params={"until": "2024-05-01 10:00:00+02:00"})).status_code == 200
+        body = {
+            "lines": ["ERROR [db] connection refused", "", " "],
+            "window": {"type": "fixed", "size": 1},
+            "explain": "never",
+        }
+        r = await client.post("/detect", json=body)
+        assert r.status_code == 200, r.text
+        assert [d["sequence_id"] for d in r.json()["detections"]] == ["w1-1"]
