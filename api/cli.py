@@ -74,15 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# HTTP clients that log every request at INFO (an LLM explanation is 5 requests): shown only with -v.
+CHATTY_LOGGERS = ("httpx", "httpcore", "openai")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """INFO (DEBUG with ``-v``) on stderr; the HTTP clients' per-request lines only with ``-v``."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:

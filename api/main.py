@@ -7,25 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.alerts import AlertDispatcher
+from api.errors import error_responses, install_error_handlers
 from api.live import LiveSessions
 from api.metrics import Metrics, MetricsMiddleware
 from api.outage import install_database_outage_handler
 from api.routes import detect, detections, explain, health, jobs, otlp, ui
-from api.security import BodySizeLimit, require_api_key
+from api.security import BodySizeLimit, auth_dependencies
 from api.services import DetectorService, ExplainerService
 from api.worker import ExplainWorker
-from core.errors import LogTriageError
 from core.settings import Settings, get_settings
 from db.session import Database
 
@@ -130,7 +127,7 @@ def create_app(
             await app.state.detector.batcher.stop()
             await db.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the package's own assets: they work offline
         title="LogTriage",
         version="0.1.0",
         summary="Log anomaly detection (MoE-BERT) with LLM explanations",
@@ -146,41 +143,21 @@ def create_app(
     app.state.live = None
     app.state.alerts = None
 
-    guarded = [Depends(require_api_key)]
-    app.include_router(detect.router, dependencies=guarded)
-    app.include_router(explain.router, dependencies=guarded)
-    app.include_router(detections.router, dependencies=guarded)
-    app.include_router(otlp.router, dependencies=guarded)
-    app.include_router(jobs.router, dependencies=guarded)
-    app.include_router(health.router)  # health, ready and metrics stay open, like the docs
+    guarded = auth_dependencies(settings)  # the key scheme is declared (and checked) only where keys are set
+    errors = error_responses(*([401] if settings.api_keys else []), 422, 500, 503)
+    app.include_router(detect.router, dependencies=guarded, responses=errors)
+    app.include_router(explain.router, dependencies=guarded, responses=errors)
+    app.include_router(detections.router, dependencies=guarded, responses=errors)
+    app.include_router(otlp.router, dependencies=guarded, responses=errors)
+    app.include_router(jobs.router, dependencies=guarded, responses=errors)
+    app.include_router(health.router, responses=error_responses(500))  # open, like the docs
     app.include_router(ui.router)  # the page is open too; its API calls carry the operator's key
     app.mount("/ui/static", ui.static, name="ui-static")
+    install_error_handlers(app)  # before the middleware below, so that they count its 500s
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # a database outage is answered 503 with Retry-After on every route, logged once per outage
     app.state.db_outage = install_database_outage_handler(app, settings.db_retry_after_seconds, log)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
-
-    @app.exception_handler(LogTriageError)
-    async def user_error(_: Request, exc: LogTriageError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        incident = uuid.uuid4().hex[:12]
-        log.error("incident %s: %s", incident, exc, exc_info=exc)
-        return JSONResponse({"detail": f"internal error (incident {incident}; see the server log)"}, status_code=500)
 
     return app

@@ -2,13 +2,97 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 ExplainMode = Literal["auto", "never", "always"]
 RiskLevel = Literal["low", "medium", "high"]
+
+# What JSON and URLs can carry but neither PostgreSQL (NUL) nor UTF-8 (lone surrogates) can store.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+# A character that str.strip() keeps (the complement of str.isspace()): a line with one is not blank.
+NON_BLANK = "[^\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d")
+
+
+def clean_text(value: str) -> str:
+    """``value`` with every NUL and lone surrogate replaced by U+FFFD (nothing else changes)."""
+    return _UNSTORABLE.sub(REPLACEMENT, value)
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` in UTC (naive: taken as UTC); past the calendar's ends once in UTC: clamped to them."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
+        return (datetime.max if value.year > 1 else datetime.min).replace(tzinfo=UTC)
+
+
+def exactly_one_of(*names: str, examples: list[dict[str, Any]]) -> ConfigDict:
+    """Model config whose JSON Schema says: exactly one of the fields ``names``, each never null.
+
+    The fields are optional in Python (``None``: absent); the model refuses an explicit null and
+    both-or-neither (see the validators of the models below), as the schema's ``oneOf`` does.
+    """
+
+    def schema_extra(schema: dict[str, Any]) -> None:
+        for name in names:
+            field = schema["properties"][name]
+            given = [part for part in field.pop("anyOf", [field]) if part.get("type") != "null"]
+            field.update(given[0])
+            field.pop("default", None)
+        schema["oneOf"] = [{"required": [name]} for name in names]
+        schema["examples"] = examples
+
+    return ConfigDict(json_schema_extra=schema_extra)
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("null is not allowed: leave the field out instead")
+    return value
+
+
+def _date_time_text(value: Any) -> Any:
+    if isinstance(value, str) and not _DATE_TIME.match(value):  # not a number of seconds, as pydantic allows
+        raise ValueError("expected an ISO 8601 date and time, such as 2024-05-01T10:00:00Z")
+    return value
+
+
+def _number_not_text(value: Any) -> Any:
+    if isinstance(value, bool | str):  # JSON true or "5" is not a number (pydantic's lax mode takes both)
+        raise ValueError("Input should be a number")
+    return value
+
+
+def _not_blank(lines: list[str]) -> list[str]:
+    if not any(line.strip() for line in lines):
+        raise ValueError("has only empty lines")
+    return lines
+
+
+# Every text of a request (body fields, path and query values) is this type: sanitised once, here.
+Text = Annotated[str, AfterValidator(clean_text)]
+# Every time of a request: ISO 8601, aware, in UTC, within the calendar.
+UtcDatetime = Annotated[datetime, BeforeValidator(_date_time_text), AfterValidator(to_utc)]
+# The numbers of a body: JSON numbers (5.0 is the integer 5, as in JSON Schema), never a string or a boolean;
+# their bounds come before the validator, or they vanish from the JSON Schema.
+WindowLength = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_number_not_text)]
+WaitSeconds = Annotated[float, Field(ge=0, le=300), BeforeValidator(_number_not_text)]
+# Log lines: at least one, and at least one that is not blank (in the schema too, as `contains`).
+Lines = Annotated[
+    list[Text],
+    Field(min_length=1, json_schema_extra={"contains": {"type": "string", "pattern": NON_BLANK}}),
+    AfterValidator(_not_blank),
+]
 EXAMPLE_LINES: list[Any] = [
     "2024-05-01 10:00:00.101 INFO [gateway] POST /api/orders req=7f3a user=alice from 10.0.3.14",
     "2024-05-01 10:00:00.130 INFO [auth] token verified for user=alice latency=12ms",
@@ -22,56 +106,81 @@ EXAMPLE_LINES: list[Any] = [
 class SequenceIn(BaseModel):
     """One log sequence to score."""
 
-    sequence_id: str | None = Field(default=None, max_length=200, description="your id; generated when absent")
-    log_entries: list[str] = Field(min_length=1, description="the log lines of the sequence, in order")
-    service: str | None = Field(
+    sequence_id: Text | None = Field(default=None, max_length=200, description="your id; generated when absent")
+    log_entries: Lines = Field(description="the log lines of the sequence, in order; not all blank")
+    service: Text | None = Field(
         default=None, max_length=200, description="the service the lines came from (the request's when absent)"
     )
 
 
 class WindowSpec(BaseModel):
-    """How raw lines are cut into sequences."""
+    """How raw lines are cut into sequences (``session`` needs ``session_key``; sliding: ``step`` <= ``size``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "session"}}, "required": ["type"]},
+            "then": {"required": ["session_key"], "properties": {"session_key": {"type": "string"}}},
+        }
+    )
 
     type: Literal["fixed", "sliding", "session"] = "fixed"
-    size: int = Field(default=10, ge=1, le=10_000)
-    step: int | None = Field(default=None, ge=1)
-    session_key: str | None = Field(
+    size: WindowLength = 10
+    step: WindowLength | None = Field(
+        default=None, description="sliding windows: every `step` lines (default size // 2)"
+    )
+    session_key: Annotated[Text, Field(max_length=500, json_schema_extra={"format": "regex"})] | None = Field(
         default=None,
-        max_length=500,
-        description="session: a regex, its first group is the key (default: the LOGTRIAGE_SESSION_* rules)",
+        description="session windows: a regex; its first group (else its match) is the key "
+        "(default: the LOGTRIAGE_SESSION_* rules)",
     )
-    end_pattern: str | None = Field(
-        default=None, max_length=500, description="session: a regex; the line matching it closes its session"
+    end_pattern: Annotated[Text, Field(max_length=500, json_schema_extra={"format": "regex"})] | None = Field(
+        default=None, description="session windows: a regex; the line matching it closes its session"
     )
+
+    @model_validator(mode="after")
+    def _regexes_compile(self) -> WindowSpec:
+        for name in ("session_key", "end_pattern"):
+            pattern = getattr(self, name)
+            if pattern is None:
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name} {pattern!r} is not a regular expression: {exc}") from None
+        return self
 
 
 class DetectRequest(BaseModel):
     """Sequences, or raw lines with a window spec; exactly one of the two."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"sequences": [{"sequence_id": "req-7f3a", "log_entries": EXAMPLE_LINES}], "explain": "auto"},
-                {"lines": EXAMPLE_LINES * 3, "window": {"type": "sliding", "size": 6, "step": 3}, "explain": "never"},
-            ]
-        }
+    model_config = exactly_one_of(
+        "sequences",
+        "lines",
+        examples=[
+            {"sequences": [{"sequence_id": "req-7f3a", "log_entries": EXAMPLE_LINES}], "explain": "auto"},
+            {"lines": EXAMPLE_LINES * 3, "window": {"type": "sliding", "size": 6, "step": 3}, "explain": "never"},
+        ],
     )
 
-    sequences: list[SequenceIn] | None = None
-    lines: list[str] | None = None
+    sequences: list[SequenceIn] | None = Field(
+        default=None, min_length=1, description="the sequences to score (exactly one of sequences, lines)"
+    )
+    lines: Lines | None = Field(
+        default=None,
+        description="raw lines, cut into sequences by `window`; windows of blank lines only are skipped "
+        "(exactly one of sequences, lines)",
+    )
     window: WindowSpec = WindowSpec()
     explain: ExplainMode | None = Field(default=None, description="auto: queue the flagged ones (default)")
     lang: Literal["en", "zh"] | None = None
     service: str | None = Field(default=None, max_length=200, description="the service the lines came from")
 
+    _given = field_validator("sequences", "lines", mode="before")(_not_null)
+
     @model_validator(mode="after")
     def _one_input(self) -> DetectRequest:
         if (self.sequences is None) == (self.lines is None):
             raise ValueError("give either 'sequences' or 'lines' (with 'window'), not both and not neither")
-        if self.lines is not None and not self.lines:
-            raise ValueError("'lines' is empty")
-        if self.sequences is not None and not self.sequences:
-            raise ValueError("'sequences' is empty")
         return self
 
 
@@ -112,19 +221,25 @@ class DetectResponse(BaseModel):
 class ExplainRequest(BaseModel):
     """A stored detection by id, or a sequence to detect and explain."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"sequence": {"log_entries": EXAMPLE_LINES}, "lang": "en"},
-                {"detection_id": "5f0c...", "wait_seconds": 5},
-            ]
-        }
+    model_config = exactly_one_of(
+        "detection_id",
+        "sequence",
+        examples=[
+            {"sequence": {"log_entries": EXAMPLE_LINES}, "lang": "en"},
+            {"detection_id": "5f0c...", "wait_seconds": 5},
+        ],
     )
 
-    detection_id: str | None = None
-    sequence: SequenceIn | None = None
+    detection_id: Text | None = Field(
+        default=None, max_length=200, description="a stored detection (exactly one of detection_id, sequence)"
+    )
+    sequence: SequenceIn | None = Field(
+        default=None, description="a sequence to score, store and explain (exactly one of detection_id, sequence)"
+    )
     lang: Literal["en", "zh"] | None = None
-    wait_seconds: float | None = Field(default=None, ge=0, le=300)
+    wait_seconds: WaitSeconds | None = None
+
+    _given = field_validator("detection_id", "sequence", mode="before")(_not_null)
 
     @model_validator(mode="after")
     def _one_input(self) -> ExplainRequest:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,8 @@ BUNDLED_NAME = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_ALIASES = {"bundled", "smollm2", BUNDLED_NAME.lower(), "bundled:smollm2-135m-instruct"}
 DEFAULT_CACHE = Path("artifacts/base/smollm2-135m-instruct")
 OFFLINE_VALUES = {"1", "true", "yes", "on"}
+# What the hub accepts as a model id: "name" or "namespace/name" (no "..", "--", leading or trailing "/").
+_HUB_ID = re.compile(r"(?!.*(\.\.|--))[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
 def find_bundled_gguf() -> Path:
@@ -139,6 +142,29 @@ def _hub_available(repo_id: str) -> bool:
     return True
 
 
+def is_hub_id(value: str) -> bool:
+    """Whether ``value`` has the form of a hub model id (``name`` or ``namespace/name``), not of a path."""
+    return not value.startswith((".", "~")) and _HUB_ID.fullmatch(value) is not None
+
+
+def folder_or_hub_id(value: str | Path, what: str) -> str:
+    """``value`` as an existing folder, or as a hub id that is cached or reachable.
+
+    The one place where a model argument is told to be a folder or a hub id: anything else is
+    ``ModelError("no such folder: ...")`` (a path never reaches the hub's "Repo id must be" check).
+    """
+    text = str(value).strip()
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return str(folder)
+    if is_hub_id(text):
+        if _hub_available(text):
+            return text
+        reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"
+        raise ModelError(f"no such folder: {text} ({what}), nor a hub model of that id cached ({reason})")
+    raise ModelError(f"no such folder: {text} ({what})")
+
+
 def resolve_base(base: str | None = None, cache_dir: str | Path | None = None) -> tuple[str, str]:
     """``(path_or_id, name)`` of the base model to load.
 
@@ -157,8 +183,8 @@ def resolve_base(base: str | None = None, cache_dir: str | Path | None = None) -
         if not (local / "config.json").is_file():
             raise ModelError(f"{local} is a folder without config.json: not a model")
         return str(local), base
-    if base.startswith((".", "/", "~")) or base.count("/") > 1:
-        raise ModelError(f"base model folder {base} does not exist")
+    if not is_hub_id(base):
+        raise ModelError(f"no such folder: {base} (the base model)")
     if _hub_available(base):
         return base, base
     reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"

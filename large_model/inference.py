@@ -681,8 +681,10 @@ def load_explainer(
         return OpenAIExplainer.from_settings(settings, tokenizer_path=folder, max_new_tokens=max_new_tokens)
     if chosen != "inprocess":
         raise ModelError(f"unknown explainer backend {chosen!r} (use inprocess or openai)")
-    if not folder.exists() and str(path).strip().lower() not in BUNDLED_ALIASES:
-        raise ModelError(f"no explainer at {folder}: run `logtriage train-large` or set LOGTRIAGE_EXPLAINER_PATH")
+    if not folder.is_dir() and str(path).strip().lower() not in BUNDLED_ALIASES:
+        raise ModelError(
+            f"no such folder: {folder} (the explainer): run `logtriage train-large` or set LOGTRIAGE_EXPLAINER_PATH"
+        )
     return Explainer.from_pretrained(
         folder if folder.exists() else str(path), device=device, dtype=dtype, max_new_tokens=max_new_tokens
     )

@@ -46,6 +46,7 @@ import httpx
 
 from core.errors import BackendUnavailable, ModelError
 from large_model import prompts
+from large_model.bundled import folder_or_hub_id
 from large_model.encoding import PromptEncoder
 from large_model.evidence import FlowProfile
 from large_model.inference import (
@@ -96,8 +97,9 @@ class OpenAIExplainer:
 
         if mode not in MODES:
             raise ModelError(f"unknown OpenAI mode {mode!r} (use one of {', '.join(MODES)})")
-        folder = Path(tokenizer_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        source = folder_or_hub_id(tokenizer_path, "the explainer, whose tokenizer and labels the prompts use")
+        folder = Path(source)
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
         if labels is None:
             labels = LabelSet.from_json(folder / "labels.json") if (folder / "labels.json").is_file() else LabelSet()
         self.labels = labels
@@ -280,13 +282,15 @@ class OpenAIExplainer:
         )
         explanation, parsed = build_explanation(category, severity, raws, closed, lang, self.name, self.base)
         explanation = explanation.model_copy(update={"confidence": confidence})
+        seconds = time.perf_counter() - started
+        log.debug("explained through %s (%s): %s, %.2f s", self.client.base_url, self.model_id, category, seconds)
         return ExplainResult(
             explanation=explanation,
             category_scores=dict(zip(cats, cat_scores, strict=False)),
             severity_scores=dict(zip(sevs, sev_scores, strict=False)),
             generated=prompts.assemble_answer(category, severity, raws, closed),
             parsed=parsed,
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
             omitted_lines=omitted,
             extra={"source": grounding_source(log_entries, messages)},
         )

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 
 from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
+from api.errors import error_responses
 from api.schemas import DetectionOut, DetectRequest, DetectResponse, LineContribution
 from api.services import DetectorService, Verdict
 from core.errors import DataError, LimitError
@@ -209,7 +210,7 @@ async def queue_followups(
     "/detect",
     response_model=DetectResponse,
     summary="Score log sequences; queue the anomalous ones for explanation",
-    responses={413: {"description": "a request limit was exceeded"}, 422: {"description": "invalid request"}},
+    responses=error_responses(400, 413),
 )
 async def detect(
     body: DetectRequest,
@@ -232,7 +233,11 @@ async def detect(
     else:
         assert body.lines is not None
         spec = body.window
-        items = await windows_within_budget(settings, body.lines, spec)
+        items = [
+            item
+            for item in await windows_within_budget(settings, body.lines, spec)
+            if any(line.strip() for line in item[1])  # a window of blank lines only: nothing to score
+        ]
         services = [body.service] * len(items)
     check_limits(settings, [lines for _, lines, _ in items])
     rows = await detect_and_store(session, detector, settings, items, "api", services)

@@ -7,26 +7,29 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from api.deps import SessionDep
+from api.errors import error_responses
 from api.routes.detect import to_out
 from api.routes.explain import explanation_out
-from api.schemas import DetectionDetail, DetectionPage, Facets, RiskLevel, Timeline, TimelineBucket
+from api.schemas import DetectionDetail, DetectionPage, Facets, RiskLevel, Text, Timeline, TimelineBucket, UtcDatetime
 from db import crud, queue
 from db.base import utcnow
 
 router = APIRouter(tags=["history"])
+MAX_OFFSET = 1_000_000_000  # deeper pages: narrow the time range with since/until instead
+MAX_ID_LENGTH = 200
 
 DEFAULT_SPAN = timedelta(hours=24)
 TARGET_BUCKETS = 60
 # bucket widths the timeline picks from when none is asked for (seconds)
 NICE_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
-Since = Annotated[datetime | None, Query(description="from this time (inclusive, ISO 8601)")]
-Until = Annotated[datetime | None, Query(description="until this time (exclusive)")]
+Since = Annotated[UtcDatetime | None, Query(description="from this time (inclusive, ISO 8601)")]
+Until = Annotated[UtcDatetime | None, Query(description="until this time (exclusive)")]
 Risk = Annotated[list[RiskLevel] | None, Query(description="risk levels to keep (repeat the parameter)")]
-Service = Annotated[str | None, Query(max_length=200, description="the service the logs came from")]
+Service = Annotated[Text | None, Query(max_length=200, description="the service the logs came from")]
 
 
 def _utc(value: datetime) -> datetime:
@@ -39,11 +42,11 @@ async def list_detections(
     since: Since = None,
     until: Until = None,
     anomalous_only: bool = False,
-    category: Annotated[str | None, Query(description="explanation category")] = None,
+    category: Annotated[Text | None, Query(max_length=100, description="explanation category")] = None,
     risk: Risk = None,
     service: Service = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DetectionPage:
     """One page of detections matching the filters, and how many match in all."""
     rows, total = await crud.list_detections(
@@ -60,8 +63,8 @@ async def list_detections(
 )
 async def timeline(
     session: SessionDep,
-    since: Annotated[datetime | None, Query(description="from this time (default: 24 hours before until)")] = None,
-    until: Annotated[datetime | None, Query(description="until this time (default: now)")] = None,
+    since: Annotated[UtcDatetime | None, Query(description="from this time (default: 24 hours before until)")] = None,
+    until: Annotated[UtcDatetime | None, Query(description="until this time (default: now)")] = None,
     bucket_seconds: Annotated[
         int | None, Query(ge=1, description=f"bucket width (default: about {TARGET_BUCKETS} buckets over the range)")
     ] = None,
@@ -103,8 +106,15 @@ async def facets(session: SessionDep) -> Facets:
     return Facets(categories=categories, services=services)
 
 
-@router.get("/detections/{detection_id}", response_model=DetectionDetail, summary="One detection with its explanation")
-async def get_detection(detection_id: str, session: SessionDep) -> DetectionDetail:
+@router.get(
+    "/detections/{detection_id}",
+    response_model=DetectionDetail,
+    summary="One detection with its explanation",
+    responses=error_responses(404),
+)
+async def get_detection(
+    detection_id: Annotated[Text, Path(max_length=MAX_ID_LENGTH)], session: SessionDep
+) -> DetectionDetail:
     """The stored detection, its lines, its explanation (if done) and its job's status."""
     row = await crud.get_detection(session, detection_id)
     if row is None:

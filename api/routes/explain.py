@@ -8,8 +8,9 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
+from api.errors import error_responses
 from api.routes.detect import check_limits, detect_and_store, queue_followups
-from api.schemas import ExplainRequest, ExplainResponse, ExplanationOut
+from api.schemas import ErrorOut, ExplainRequest, ExplainResponse, ExplanationOut
 from db import crud, queue
 from db.models import Detection
 
@@ -41,8 +42,8 @@ def explanation_out(row: Detection) -> ExplanationOut | None:
     summary="Explain a detection; 202 with a URL to poll when it takes longer than the wait",
     responses={
         202: {"model": ExplainResponse, "description": "queued or running: poll `poll_url`"},
-        404: {"description": "no such detection"},
-        503: {"description": "no explainer configured"},
+        **error_responses(400, 404, 413),
+        503: {"model": ErrorOut, "description": "explanations are disabled, or the database cannot be reached"},
     },
 )
 async def explain(

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import torch
+import uvicorn
 
 from api.main import create_app
 from core.settings import Settings
@@ -106,40 +110,51 @@ def make_client(models: tuple[Any, Any], db_url: str) -> AppFactory:  # noqa: F8
     return factory
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    import socket
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """``app`` behind a real uvicorn server on a free local port (in a thread); yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the uvicorn server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+@pytest.fixture
+def make_server(models: tuple[Any, Any], db_url: str) -> Callable[..., Any]:  # noqa: F811
+    """``with make_server(**settings) as url``: the real app behind uvicorn on the test database."""
+
+    @contextmanager
+    def factory(**overrides: Any) -> Iterator[str]:
+        settings = Settings(database_url=db_url, **{"workers": 1, "explain_wait_seconds": 30.0, **overrides})
+        with serve(create_app(settings, detector=models[0], explainer=models[1])) as url:
+            yield url
+
+    return factory
 
 
 @pytest.fixture
 def serve_app(models: tuple[Any, Any], db_url: str) -> AppFactory:  # noqa: F811
     """``with serve_app(**settings) as (base_url, app)``: the real app in a real uvicorn server on a free port."""
-    import threading
-    import time
-    from contextlib import contextmanager
-
-    import uvicorn
 
     @contextmanager
-    def factory(**overrides: Any) -> Any:
+    def factory(**overrides: Any) -> Iterator[tuple[str, Any]]:
         settings = Settings(database_url=db_url, **{"workers": 1, **overrides})
         app = create_app(settings, detector=models[0], explainer=models[1])
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}", app
-        finally:
-            server.should_exit = True
-            thread.join(30)
+        with serve(app) as url:
+            yield url, app
 
     return factory

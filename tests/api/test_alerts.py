@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from db import alerts
-from tests.api.conftest import free_port
 from tests.api.test_service import pick, wait_explained
+from tests.llm_stub import free_port
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 

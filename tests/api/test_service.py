@@ -128,7 +128,7 @@ async def test_raw_lines_with_windows(make_client: Any, test_sequences: list) ->
     "payload,status,needle",
     [
         ({}, 422, "either 'sequences' or 'lines'"),
-        ({"sequences": []}, 422, "'sequences' is empty"),
+        ({"sequences": []}, 422, "sequences: List should have at least 1 item"),
         ({"sequences": [{"log_entries": []}]}, 422, "log_entries"),
         ({"sequences": [{"log_entries": ["", "  "]}]}, 422, "only empty lines"),
         ({"sequences": [{"log_entries": ["x"]}] * 5}, 413, "5 sequences exceed the limit of 4"),

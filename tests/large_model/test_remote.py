@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -155,3 +157,46 @@ def test_outages_are_told_from_bad_requests(served: tuple[Path, CompletionsServe
             remote.explain(["ERROR x"])
         stub.delay = 0.0
         assert remote.explain(["ERROR x"]).summary  # back: it answers
+
+
+def test_an_explanation_logs_nothing_at_info(
+    served: tuple[Path, CompletionsServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Logging as `logtriage serve` sets it up: the HTTP client's line per request (5 per explanation) is gone."""
+    from api.cli import CHATTY_LOGGERS, configure_logging
+
+    folder, server = served
+    client = httpx.Client(transport=httpx.WSGITransport(app=server), base_url="http://vllm")
+    remote = OpenAIExplainer("http://vllm", "explainer", folder, client=client, max_new_tokens=8)
+    root = logging.getLogger()
+    saved = root.level, {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    try:
+        configure_logging(verbose=False)
+        before = len(server.requests)
+        with caplog.at_level(logging.INFO, logger="large_model"):
+            caplog.clear()
+            remote.explain(["ERROR [orders] call to payments timed out after 30000ms"])
+        assert len(server.requests) - before >= 4  # the calls were made (labels, texts) ...
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []  # ... and not logged
+    finally:
+        root.setLevel(saved[0])
+        for name, level in saved[1].items():
+            logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize("missing", ["/nonexistent/explainer", "artifacts/nope/", "runs/missing", "../elsewhere"])
+@pytest.mark.parametrize("backend", ["inprocess", "openai"])
+def test_a_missing_explainer_folder_is_named(
+    missing: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.settings import Settings
+    from large_model.inference import load_explainer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = Settings(llm_backend=backend, openai_base_url="http://127.0.0.1:9")
+    with pytest.raises(ModelError) as caught:
+        load_explainer(missing, settings=settings)
+    message = str(caught.value)
+    assert re.match(rf"no such folder: {re.escape(missing.rstrip('/'))}/? \(the explainer", message), message
+    assert "Repo id" not in message and "huggingface.co" not in message
