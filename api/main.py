@@ -151,7 +151,9 @@ def create_app(
     app.include_router(otlp.router, dependencies=guarded, responses=errors)
     app.include_router(jobs.router, dependencies=guarded, responses=errors)
     app.include_router(health.router, responses=error_responses(500))  # open, like the docs
-    app.include_router(ui.router)  # the page is open too; its API calls carry the operator's key
+    app.include_router(
+        ui.router, responses=error_responses(500)
+    )  # the page is open too; its API calls carry the operator's key
     app.mount("/ui/static", ui.static, name="ui-static")
     install_error_handlers(app)  # before the middleware below, so that they count its 500s
 

@@ -139,14 +139,14 @@ class WindowSpec(BaseModel):
 
     @model_validator(mode="after")
     def _regexes_compile(self) -> WindowSpec:
-        for name in ("session_key", "end_pattern"):
+        for name, label in (("session_key", "session key"), ("end_pattern", "end pattern")):
             pattern = getattr(self, name)
             if pattern is None:
                 continue
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"{name} {pattern!r} is not a regular expression: {exc}") from None
+                raise ValueError(f"{label} {pattern!r} is not a regular expression: {exc}") from None
         return self
 
 

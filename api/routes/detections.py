@@ -59,7 +59,7 @@ async def list_detections(
     "/detections/timeline",
     response_model=Timeline,
     summary="Anomalies over time by category",
-    responses={422: {"description": "an empty range or too many buckets"}},
+    responses=error_responses(422),  # an empty range or too many buckets
 )
 async def timeline(
     session: SessionDep,

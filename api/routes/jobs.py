@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import SessionDep, SettingsDep, WorkersDep
+from api.errors import error_responses
 from db import queue
 from db.models import ExplanationJob
 
@@ -76,7 +77,12 @@ async def list_jobs(
     return JobPage(counts=counts, items=[job_out(j) for j in items])
 
 
-@router.post("/jobs/retry", response_model=RetryResponse, summary="Queue failed explanation jobs again")
+@router.post(
+    "/jobs/retry",
+    response_model=RetryResponse,
+    summary="Queue failed explanation jobs again",
+    responses=error_responses(400, 413),
+)
 async def retry_jobs(
     session: SessionDep, settings: SettingsDep, workers: WorkersDep, body: RetryRequest | None = None
 ) -> RetryResponse:
