@@ -114,14 +114,8 @@ class SequenceIn(BaseModel):
 
 
 class WindowSpec(BaseModel):
-    """How raw lines are cut into sequences (``session`` needs ``session_key``; sliding: ``step`` <= ``size``)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "if": {"properties": {"type": {"const": "session"}}, "required": ["type"]},
-            "then": {"required": ["session_key"], "properties": {"session_key": {"type": "string"}}},
-        }
-    )
+    """How raw lines are cut into sequences (sliding: ``step`` <= ``size``; ``session``: the live-session rules,
+    with ``session_key`` and ``end_pattern`` when given)."""
 
     type: Literal["fixed", "sliding", "session"] = "fixed"
     size: WindowLength = 10

@@ -59,7 +59,7 @@ async def list_detections(
     "/detections/timeline",
     response_model=Timeline,
     summary="Anomalies over time by category",
-    responses=error_responses(422),  # an empty range or too many buckets
+    responses=error_responses(422),
 )
 async def timeline(
     session: SessionDep,
@@ -76,16 +76,12 @@ async def timeline(
     end = _utc(until) if until is not None else utcnow().replace(microsecond=0) + timedelta(seconds=1)
     start = (_utc(since) if since is not None else end - DEFAULT_SPAN).replace(microsecond=0)
     span = (end - start).total_seconds()
-    if span <= 0:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"since ({start}) must be before until ({end})")
+    if span <= 0:  # an empty (or backwards) range holds no anomaly: no buckets
+        return Timeline(since=start, until=end, bucket_seconds=bucket_seconds or 1, categories=[], buckets=[])
     width = bucket_seconds or next((b for b in NICE_BUCKETS if span / b <= TARGET_BUCKETS), NICE_BUCKETS[-1])
+    if math.ceil(span / width) > crud.MAX_BUCKETS:  # finer than the limit allows: the narrowest width that fits
+        width = math.ceil(span / crud.MAX_BUCKETS)
     n = math.ceil(span / width)
-    if n > crud.MAX_BUCKETS:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"{n} buckets of {width} s over the range exceed the limit of {crud.MAX_BUCKETS}; "
-            "ask for wider buckets or a shorter range",
-        )
     counted = await crud.anomaly_timeline(session, start, end, width, risk=risk, service=service)
     buckets = [TimelineBucket(start=start + timedelta(seconds=i * width), total=0, counts={}) for i in range(n)]
     per_category: dict[str, int] = {}

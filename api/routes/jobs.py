@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import SessionDep, SettingsDep, WorkersDep
 from api.errors import error_responses
+from api.schemas import Text
 from db import queue
 from db.models import ExplanationJob
 
@@ -41,7 +42,7 @@ class JobPage(BaseModel):
 class RetryRequest(BaseModel):
     """Which failed jobs to queue again: those of ``detection_ids``, or every failed job when it is left out."""
 
-    detection_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=1000)
+    detection_ids: list[Annotated[Text, Field(max_length=64)]] | None = Field(None, max_length=1000)
 
 
 class RetryResponse(BaseModel):

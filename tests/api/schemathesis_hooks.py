@@ -3,6 +3,8 @@
 One rule of ``POST /detect`` relates two fields and so cannot be written in JSON Schema: a sliding
 window's ``step`` is at most its ``size`` (the API answers 422 otherwise, as its description says).
 Drawn bodies that break only that rule get ``step = size``; nothing else is changed or filtered.
+Likewise ``GET /detections/timeline`` needs ``since`` before ``until``: a drawn ``until`` that is not
+after ``since`` becomes ``since`` plus an hour.
 """
 
 from __future__ import annotations
@@ -31,3 +33,19 @@ def map_body(context: Any, body: Any) -> Any:
         if _bounded_int(size) and _bounded_int(step) and step > size:
             window["step"] = size
     return body
+
+
+@schemathesis.hook
+def map_query(context: Any, query: Any) -> Any:
+    """A timeline range drawn empty or backwards (until not after since) ends an hour after since."""
+    if isinstance(query, dict) and isinstance(query.get("since"), str) and isinstance(query.get("until"), str):
+        from datetime import datetime, timedelta
+
+        try:
+            since, until = datetime.fromisoformat(query["since"]), datetime.fromisoformat(query["until"])
+            backwards = since >= until
+        except (ValueError, TypeError):  # not comparable (naive vs aware, or not a date): leave it to the API
+            backwards = False
+        if backwards:
+            query["until"] = (since + timedelta(hours=1)).isoformat()
+    return query
