@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +19,31 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+
+
+# After this many idle seconds the allocator gives its free memory back to the system: a burst of large
+# batches otherwise leaves the process at its high-water mark (64 clients for 60 s of HDFS sessions:
+# 618 MB before, 836 MB 15 s after, without the trim).
+IDLE_TRIM_SECONDS = 2.0
+
+
+@functools.cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """glibc's ``malloc_trim``, where the C library has it (not on musl or macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> bool:
+    """Return the allocator's free memory to the system; whether the C library could."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 @dataclass
@@ -40,6 +68,7 @@ class MicroBatcher(Generic[T, R]):
         self._lock = asyncio.Lock()  # one model call at a time when batching is off
         self.batches = 0
         self.items = 0
+        self.trims = 0  # idle periods whose free memory went back to the system
 
     async def start(self) -> None:
         """Start the collector task (inside the running loop)."""
@@ -72,7 +101,11 @@ class MicroBatcher(Generic[T, R]):
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
+            try:
+                first = await asyncio.wait_for(self._queue.get(), IDLE_TRIM_SECONDS)
+            except TimeoutError:  # idle: give the batches' memory back, then wait as long as it takes
+                self.trims += await asyncio.to_thread(release_memory)
+                first = await self._queue.get()
             group = [first]
             size = len(first.items)
             deadline = loop.time() + self.window

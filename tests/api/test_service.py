@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from api.batching import IDLE_TRIM_SECONDS
 from db import queue
 from db.session import Database
 
@@ -205,6 +206,10 @@ async def test_micro_batching_groups_concurrent_requests(make_client: Any, test_
         )
         assert all(r.status_code == 200 for r in results)
         assert batcher.batches - before < len(seqs), "concurrent requests should share model calls"
+        # idle past IDLE_TRIM_SECONDS: the batches' free memory goes back to the system (glibc's malloc_trim)
+        trims = batcher.trims
+        await asyncio.sleep(IDLE_TRIM_SECONDS + 1.0)
+        assert batcher.trims > trims
     async with make_client(batching=False) as client:
         solo = [(await client.post("/detect", json={"sequences": [s], "explain": "never"})).json() for s in seqs]
     together = [r.json() for r in results]
