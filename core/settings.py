@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # the work one request may ask for, checked before any of it is done (windows counted with their
     # overlaps); sized so that 64 clients at the limit keep a 2-core machine answering (README: Limits)
     max_lines_per_request: int = 20_000
-    max_bytes_per_request: int = 4 * 1024 * 1024
+    max_bytes_per_request: int = 1024 * 1024
     max_body_bytes: int = 8 * 1024 * 1024  # also the limit of a gzip body once decompressed (OTLP)
     # live sessions (OTLP records, `logtriage tail`): how records are grouped into sequences and when they close
     session_key: Literal["trace_id", "regex", "service_window"] = "trace_id"  # records without one: service_window
