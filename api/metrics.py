@@ -25,6 +25,13 @@ class Metrics:
         )
         self.sequences = Counter("logtriage_sequences_scored_total", "sequences scored", registry=self.registry)
         self.anomalies = Counter("logtriage_anomalies_total", "sequences flagged anomalous", registry=self.registry)
+        # the category is known once the explainer has named it: flagged sequences counted then, by category
+        self.explained_anomalies = Counter(
+            "logtriage_explained_anomalies_total",
+            "flagged sequences explained, by the explanation's category",
+            ["category"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "logtriage_detect_batch_size",
             "sequences per model call",

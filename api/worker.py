@@ -212,6 +212,7 @@ class ExplainWorker:
         fields = {k: v for k, v in fields.items() if k in crud.EXPLANATION_FIELDS}
         await self._store(job_id, detection_id, {**fields, "lang": lang, "latency_ms": seconds * 1000})
         self.metrics.explanations.labels("done").inc()
+        self.metrics.explained_anomalies.labels(str(fields.get("category") or "other")).inc()
 
     async def _fail(self, job_id: str, exc: BaseException) -> None:
         async with self.db.session() as session:

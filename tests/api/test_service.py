@@ -62,6 +62,8 @@ async def test_detect_stores_and_escalates_flagged_sequences(
         assert 0.0 < e["confidence"] <= 1.0  # the category's share of the label scores, stored and served
         assert (e["category"] == "other") == (e["confidence"] < threshold)
         assert e["severity"] in {"low", "high"} and e["summary"] and e["suggested_response"]
+        metrics = (await client.get("/metrics")).text
+        assert f'logtriage_explained_anomalies_total{{category="{e["category"]}"}}' in metrics
         sent = {d["id"]: s["log_entries"] for d, s in zip(dets, normals + anomalies, strict=True)}
         assert explained["log_entries"] == sent[flagged[0]]
 
