@@ -66,7 +66,12 @@ async def timeline(
     since: Annotated[UtcDatetime | None, Query(description="from this time (default: 24 hours before until)")] = None,
     until: Annotated[UtcDatetime | None, Query(description="until this time (default: now)")] = None,
     bucket_seconds: Annotated[
-        int | None, Query(ge=1, description=f"bucket width (default: about {TARGET_BUCKETS} buckets over the range)")
+        int | None,
+        Query(
+            ge=1,
+            le=366 * 86400,  # a year: wider says nothing a chart can show (and stays in the databases' integers)
+            description=f"bucket width in seconds (default: about {TARGET_BUCKETS} buckets over the range)",
+        ),
     ] = None,
     risk: Risk = None,
     service: Service = None,

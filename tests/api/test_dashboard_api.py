@@ -81,6 +81,8 @@ async def test_service_filters_timeline_and_facets(make_client: Any, test_sequen
         # bad ranges say what is wrong
         r = await client.get("/detections/timeline", params={"since": until, "until": since})
         assert r.status_code == 200 and r.json()["buckets"] == []  # an empty or backwards range: no buckets
+        r = await client.get("/detections/timeline", params={"bucket_seconds": 54364105992137109672034304})
+        assert r.status_code == 422 and "bucket_seconds" in r.json()["detail"]  # not a database overflow (500)
         # buckets finer than the limit of 500 allows are widened to the narrowest width that fits
         r = await client.get("/detections/timeline", params={"since": since, "until": until, "bucket_seconds": 1})
         assert r.status_code == 200 and len(r.json()["buckets"]) <= 500
