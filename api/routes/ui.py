@@ -30,7 +30,7 @@ def _template() -> str:
     return (UI_DIR / "index.html").read_text(encoding="utf-8")
 
 
-@router.get("/ui", response_class=HTMLResponse, summary="The operators' dashboard")
+@router.get("/ui", response_class=HTMLResponse, include_in_schema=False)  # a page, like /docs: not an API operation
 async def dashboard(request: Request) -> HTMLResponse:
     """The dashboard page; it tells the script whether the API asks for a key."""
     settings = request.app.state.settings
