@@ -167,7 +167,7 @@ class DetectRequest(BaseModel):
     window: WindowSpec = WindowSpec()
     explain: ExplainMode | None = Field(default=None, description="auto: queue the flagged ones (default)")
     lang: Literal["en", "zh"] | None = None
-    service: str | None = Field(default=None, max_length=200, description="the service the lines came from")
+    service: Text | None = Field(default=None, max_length=200, description="the service the lines came from")
 
     _given = field_validator("sequences", "lines", mode="before")(_not_null)
 
