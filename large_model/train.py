@@ -86,11 +86,11 @@ CHECKPOINTS = "checkpoints"
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     "full": {},
     "quick": {
-        "train_limit": 88,
-        "max_steps": 120,
-        "text_fraction": 0.0,
+        "train_limit": 66,
+        "max_steps": 200,
+        "max_minutes": 4.0,
+        "text_fraction": 0.5,
         "max_prompt_tokens": 640,
-        "max_seq_len": 700,
         "calibrate_examples": 40,
         "save_every": 0,
     },

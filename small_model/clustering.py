@@ -1352,7 +1352,7 @@ def _default_detector(feature_model: str) -> Path:
 # feature model that --train-detector trains runs few epochs, and Birch alone assigns clusters (no classifier).
 CLUSTER_PROFILES: dict[str, dict[str, int]] = {
     "full": {},
-    "quick": {"detector_epochs": 8, "epochs": 0},
+    "quick": {"detector_epochs": 5, "epochs": 0},
 }
 
 
@@ -1383,8 +1383,8 @@ def _cluster_handler(args: argparse.Namespace) -> int:
         if not train:
             raise DataError("--train-detector needs normal sequences: pass --normal or label some records 0")
         logger.info("training a DeepLog detector on %d normal sequences -> %s", len(train), detector_path)
-        config = DeepLogConfig(epochs=budget["detector_epochs"]) if "detector_epochs" in budget else DeepLogConfig()
-        DeepLogDetector(config).fit(train, progress=False).save_pretrained(detector_path)
+        deeplog = DeepLogConfig(epochs=budget["detector_epochs"]) if "detector_epochs" in budget else DeepLogConfig()
+        DeepLogDetector(deeplog).fit(train, progress=False).save_pretrained(detector_path)
     detector = load_feature_model(detector_path, feature_model)
     mode: Mode = "anomalies-only" if args.anomalies_only else "flagged-only" if args.flagged_only else "all"
     config = ClusterConfig(

@@ -156,11 +156,11 @@ class DetectorConfig:
 
 
 # Training budgets by name: options a profile sets unless given explicitly. "quick" is make demo's: the same
-# phases, calibration and evaluation with at most 100 steps per phase (about a minute on 2 CPU cores; the
+# phases, calibration and evaluation with at most 80 steps per phase (under a minute on 2 CPU cores; the
 # synthetic test F1 it reaches is printed by the demo and quoted in the README).
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     "full": {},
-    "quick": {"max_steps": 100, "min_steps": 1},
+    "quick": {"max_steps": 80, "min_steps": 1},
 }
 
 # The trainer's options shared by both front doors (``python -m small_model.moe_train`` and

@@ -267,7 +267,7 @@ def test_cli_quick_profile_trains_a_short_deeplog_and_birch_alone(
     )  # fmt: skip
     assert args.handler(args) == 0
     capsys.readouterr()
-    assert json.loads((dl / "config.json").read_text())["config"]["epochs"] == 2  # the flag, not the profile's 8
+    assert json.loads((dl / "config.json").read_text())["config"]["epochs"] == 2  # the flag, not the profile's 5
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["profile"] == "quick" and config["config"]["train_classifier"] is False
     assert not (out / "model.safetensors").exists()

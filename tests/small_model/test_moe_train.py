@@ -302,7 +302,7 @@ def test_forward_line_modeling_ranks_steps_out_of_order(tmp_path: Path) -> None:
 
 def test_quick_profile_sets_its_budgets_where_no_flag_does() -> None:
     quick = parse_args(["--train", "t.json", "--profile", "quick"])
-    assert quick.profile == "quick" and (quick.max_steps, quick.min_steps) == (100, 1)
+    assert quick.profile == "quick" and (quick.max_steps, quick.min_steps) == (80, 1)
     assert parse_args(["--train", "t.json", "--profile", "quick", "--max-steps", "7"]).max_steps == 7  # the flag wins
     full = parse_args(["--train", "t.json"])
     assert full.profile == "full" and full.max_steps == TrainArgs(train_file=Path("t.json")).max_steps
