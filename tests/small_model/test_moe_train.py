@@ -320,3 +320,8 @@ def test_a_quick_artifact_says_so_in_its_config_and_version(tmp_path: Path) -> N
     assert all(phase["steps"] <= 2 for phase in steps.values() if "steps" in phase)
     detector = MoEBertDetector.from_pretrained(out)
     assert detector.profile == "quick" and detector.version == config["version"]
+    from api.metrics import Metrics
+    from api.services import DetectorService
+    from core.settings import Settings
+
+    assert DetectorService(detector, Settings(batching=False), Metrics()).profile == "quick"  # what /ready shows
