@@ -327,6 +327,12 @@ class Ready(BaseModel):
     database: bool
     detector_version: str | None = None
     explainer_model: str | None = None
+    detector_profile: str | None = Field(
+        None, description="the training budget of the detector: full, or quick (make demo's minutes-long run)"
+    )
+    explainer_profile: str | None = Field(
+        None, description="the training budget of the explainer: full, or quick (make demo's minutes-long run)"
+    )
     llm: Literal["ok", "down", "unknown"] | None = Field(
         None, description="the LLM backend as this process's workers last found it (None: no explainer here)"
     )

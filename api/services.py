@@ -101,6 +101,12 @@ class DetectorService:
         """The loaded detector's version id."""
         return str(self.detector.version)
 
+    @property
+    def profile(self) -> str | None:
+        """The training budget of the loaded detector (``full`` or ``quick``); None where it records none (DeepLog)."""
+        profile = getattr(self.detector, "profile", None)
+        return str(profile) if profile is not None else None
+
     def _score_batch(self, sequences: list[list[str]]) -> list[tuple[float, list[float] | None]]:
         """Scores, with each flagged sequence's line contributions: from the score's own passes where the
         detector's score has them (a fused MoE-BERT), else from one more pass over the batch's flagged

@@ -484,6 +484,7 @@ class Explainer:
         self.labels = labels
         self.name = name
         self.base = base
+        self.profile = "full"  # the training budget that made it (explainer.json), "quick" for make demo's
         self.device = device
         self.max_new_tokens = max_new_tokens
         context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 4096
@@ -562,7 +563,7 @@ class Explainer:
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load the adapter in {folder}: {exc}") from None
         merged = peft_model.merge_and_unload() if merge else peft_model
-        return cls(
+        explainer = cls(
             merged,
             tokenizer,
             label_set,
@@ -576,6 +577,8 @@ class Explainer:
             flow_profile=flow_profile,
             category_threshold=meta.get("category_threshold"),
         )
+        explainer.profile = str(meta.get("profile") or "full")
+        return explainer
 
     @property
     def flow_profile(self) -> FlowProfile | None:

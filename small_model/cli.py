@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli_args import DEVICE_HELP
-from small_model.config import TRAIN_OPTIONS
+from small_model.config import TRAIN_OPTIONS, TRAIN_PROFILES
 
 MODELS = ("moe-bert", "deeplog")
 DEEPLOG_OPTIONS = {"window": int, "top_g": int, "hidden_size": int, "embedding_dim": int}
@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
         from small_model.moe_train import TrainArgs, train_detector
 
         options = {k: getattr(args, k) for k in (*TRAIN_OPTIONS, "epochs") if getattr(args, k, None) is not None}
-        train_args = TrainArgs(train_file=Path(args.train), val_file=Path(args.val) if args.val else None,
+        train_args = TrainArgs.for_profile(options.pop("profile", "full"), train_file=Path(args.train), val_file=Path(args.val) if args.val else None,
                                test_file=Path(args.test) if args.test else None,
                                output_dir=Path(args.out or "artifacts/detector"), unsupervised=args.unsupervised,
                                progress=not args.no_progress, **options)  # fmt: skip
@@ -113,8 +113,9 @@ def add_commands(sub: Any) -> None:
     for name, (kind, text) in TRAIN_OPTIONS.items():
         if name in DEEPLOG_OPTIONS:
             continue
-        group = t if name in ("seed", "threads") else moe
-        group.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+        group = t if name in ("seed", "threads", "profile") else moe
+        choices = tuple(TRAIN_PROFILES) if name == "profile" else None
+        group.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help=text)
     dl = t.add_argument_group("DeepLog options")
     for name, kind in DEEPLOG_OPTIONS.items():
         dl.add_argument("--" + name.replace("_", "-"), type=kind)

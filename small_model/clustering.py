@@ -158,6 +158,7 @@ class ClusterConfig:
     train_classifier: bool = True
     samples_per_cluster: int = 5
     top_templates: int = 5
+    profile: str = "full"  # the budget that made it: full, or quick (make demo's; see CLUSTER_PROFILES)
 
     def __post_init__(self) -> None:
         if self.mode not in ("all", "anomalies-only", "flagged-only"):
@@ -173,6 +174,7 @@ class ClusterConfig:
             "train_classifier": self.train_classifier,
             "samples_per_cluster": self.samples_per_cluster,
             "top_templates": self.top_templates,
+            "profile": self.profile,
         }
 
     @classmethod
@@ -186,6 +188,7 @@ class ClusterConfig:
             train_classifier=bool(data.get("train_classifier", True)),
             samples_per_cluster=int(data.get("samples_per_cluster", 5)),
             top_templates=int(data.get("top_templates", 5)),
+            profile=str(data.get("profile", "full")),
         )
 
 
@@ -1345,9 +1348,22 @@ def _default_detector(feature_model: str) -> Path:
     return Path("artifacts/deeplog" if feature_model == "deeplog" else "artifacts/detector")
 
 
+# Budgets by name for `cluster`: what a profile sets where the flags do not. "quick" is make demo's: the DeepLog
+# feature model that --train-detector trains runs few epochs, and Birch alone assigns clusters (no classifier).
+CLUSTER_PROFILES: dict[str, dict[str, int]] = {
+    "full": {},
+    "quick": {"detector_epochs": 5, "epochs": 0},
+}
+
+
 def _cluster_handler(args: argparse.Namespace) -> int:
     import torch
 
+    budget = {
+        **CLUSTER_PROFILES[args.profile],
+        **{k: v for k in ("detector_epochs", "epochs") if (v := getattr(args, k)) is not None},
+    }
+    epochs = int(budget.get("epochs", ClassifierConfig.epochs))
     if args.threads:
         torch.set_num_threads(args.threads)
     records = _read_many(args.data)
@@ -1361,13 +1377,14 @@ def _cluster_handler(args: argparse.Namespace) -> int:
             )
         if feature_model not in (None, "deeplog"):
             raise ModelError("--train-detector trains a DeepLog detector only; train MoE-BERT with train-small")
-        from small_model.deeplog import DeepLogDetector
+        from small_model.deeplog import DeepLogConfig, DeepLogDetector
 
         train = normal or [r for r in records if r.label == 0] or [r for r in records if r.label is None]
         if not train:
             raise DataError("--train-detector needs normal sequences: pass --normal or label some records 0")
         logger.info("training a DeepLog detector on %d normal sequences -> %s", len(train), detector_path)
-        DeepLogDetector().fit(train, progress=False).save_pretrained(detector_path)
+        deeplog = DeepLogConfig(epochs=budget["detector_epochs"]) if "detector_epochs" in budget else DeepLogConfig()
+        DeepLogDetector(deeplog).fit(train, progress=False).save_pretrained(detector_path)
     detector = load_feature_model(detector_path, feature_model)
     mode: Mode = "anomalies-only" if args.anomalies_only else "flagged-only" if args.flagged_only else "all"
     config = ClusterConfig(
@@ -1381,8 +1398,9 @@ def _cluster_handler(args: argparse.Namespace) -> int:
             global_method=args.global_method,
             seed=args.seed,
         ),
-        classifier=ClassifierConfig(epochs=args.epochs, seed=args.seed),
-        train_classifier=args.epochs > 0,
+        classifier=ClassifierConfig(epochs=epochs, seed=args.seed),
+        train_classifier=epochs > 0,
+        profile=args.profile,
     )
     model = ClusterModel.fit(detector, records, normal, config, detector_path=detector_path)
     out = model.save_pretrained(args.output)
@@ -1465,7 +1483,23 @@ def add_commands(subparsers: Any) -> dict[str, Any]:
     p.add_argument("--min-clusters", type=int, default=BirchConfig.min_clusters)
     p.add_argument("--max-clusters", type=int, default=BirchConfig.max_clusters)
     p.add_argument("--global-method", choices=("kmeans", "ward"), default=BirchConfig.global_method)
-    p.add_argument("--epochs", type=int, default=ClassifierConfig.epochs, help="classifier epochs (0: Birch only)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help=f"classifier epochs (0: Birch only; default {ClassifierConfig.epochs})"
+    )
+    p.add_argument(
+        "--detector-epochs",
+        type=int,
+        default=None,
+        help="epochs of the DeepLog that --train-detector trains (default 60)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=tuple(CLUSTER_PROFILES),
+        default="full",
+        help="budget: full, or quick (make demo's: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in CLUSTER_PROFILES["quick"].items())
+        + " where not given); recorded in the artifact",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("-o", "--output", default="artifacts/clusters", help="artifact folder")

@@ -89,6 +89,9 @@ class DetectorConfig:
     # label-free scoring
     knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
     recon_passes: int = 4  # masked line scoring: line i is masked in pass i % recon_passes
+    # the training budget that made the artifact: "full" (the recipe of the README's figures) or "quick"
+    # (make demo's minutes-long profile, see small_model.moe_train.PROFILES); shown in the version id
+    profile: str = "full"
     # filled in when the model is built / saved
     encoder_config: dict[str, Any] | None = None
     line_dim: int | None = None
@@ -152,6 +155,14 @@ class DetectorConfig:
             raise ModelError(f"{path}: not a detector config ({exc})") from None
 
 
+# Training budgets by name: options a profile sets unless given explicitly. "quick" is make demo's: the same
+# phases, calibration and evaluation with at most 80 steps per phase (under a minute on 2 CPU cores; the
+# synthetic test F1 it reaches is printed by the demo and quoted in the README).
+TRAIN_PROFILES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "quick": {"max_steps": 80, "min_steps": 1},
+}
+
 # The trainer's options shared by both front doors (``python -m small_model.moe_train`` and
 # ``logtriage train-small``): name -> (type, help). Defaults live in ``moe_train.TrainArgs``.
 TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
@@ -178,6 +189,7 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "mlm_weight": (float, "weight of the line modeling loss while the head trains"),
     "mlm_rows": (int, "normal rows of a head batch that carry the line modeling loss"),
     "augment": (float, "supervised: perturbed normal copies added as anomalies, per batch row"),
+    "profile": (str, "training budget: full (default) or quick (make demo's minutes-long run: fewer steps)"),
     "seed": (int, "random seed"),
     "threads": (int, "torch threads (default: all cores)"),
     "device": (str, "cpu or cuda"),

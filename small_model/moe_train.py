@@ -47,7 +47,7 @@ from core.errors import DataError, LogTriageError
 from core.io import read_records
 from core.normalize import Normalizer
 from core.schema import SequenceRecord
-from small_model.config import TRAIN_OPTIONS, DetectorConfig
+from small_model.config import TRAIN_OPTIONS, TRAIN_PROFILES, DetectorConfig
 from small_model.data import length_batches, normalize_lines, perturb_lines, stratified_length_batches
 from small_model.modeling import MoEBertForLogAnomaly, MoEMode, build_model, build_tokenizer, count_parameters
 from small_model.scoring import (
@@ -103,11 +103,23 @@ class TrainArgs:
     mlm_rows: int = 8  # at most this many normal rows of a head batch carry that loss
     augment: float = 0.25  # supervised: perturbed copies of normal rows added as anomalies, per batch row
     # run
+    profile: str = "full"  # recorded in the artifact; TrainArgs.for_profile sets a profile's budgets
     seed: int = 42
     threads: int | None = None
     device: str = "cpu"  # or "cuda"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.profile not in TRAIN_PROFILES:
+            raise DataError(f"unknown profile {self.profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
+
+    @classmethod
+    def for_profile(cls, profile: str = "full", **kwargs: Any) -> TrainArgs:
+        """The arguments of a run with ``profile``'s budgets (:data:`TRAIN_PROFILES`) where ``kwargs`` set none."""
+        if profile not in TRAIN_PROFILES:
+            raise DataError(f"unknown profile {profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
+        return cls(**{**TRAIN_PROFILES[profile], **kwargs, "profile": profile})
 
     @property
     def head_epochs(self) -> float:
@@ -499,6 +511,7 @@ def detector_config(args: TrainArgs) -> DetectorConfig:
         pooling=args.pooling,  # type: ignore[arg-type]
         knn_k=args.knn_k,
         mask_probability=args.mask_probability,
+        profile=args.profile,
         **args.extra,
     )
 
@@ -617,13 +630,14 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     p.add_argument("--out", type=Path, default=Path("artifacts/detector"))
     p.add_argument("--unsupervised", action="store_true")
     p.add_argument("--epochs", type=float, help="head phase epochs (default 1 supervised, 0.5 label-free)")
-    defaults = TrainArgs(train_file=Path("-"))
-    for name, (kind, text) in TRAIN_OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name), help=text)
+    for name, (kind, text) in TRAIN_OPTIONS.items():  # unset: the profile's value, else TrainArgs' default
+        choices = tuple(TRAIN_PROFILES) if name == "profile" else None
+        p.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help=text)
     p.add_argument("--no-progress", action="store_true")
     ns = p.parse_args(argv)
-    kwargs = {k: v for k, v in vars(ns).items() if k in (*TRAIN_OPTIONS, "epochs")}
-    return TrainArgs(
+    kwargs = {k: v for k, v in vars(ns).items() if k in (*TRAIN_OPTIONS, "epochs") and v is not None}
+    return TrainArgs.for_profile(
+        kwargs.pop("profile", "full"),
         train_file=ns.train,
         val_file=ns.val,
         test_file=ns.test,

@@ -377,6 +377,11 @@ class MoEBertDetector:
         return str(self.model.config.version or "unsaved")
 
     @property
+    def profile(self) -> str:
+        """The training budget that made the artifact: ``full``, or ``quick`` (make demo's)."""
+        return str(self.model.config.profile)
+
+    @property
     def mode(self) -> str:
         """``supervised`` or ``unsupervised``."""
         return self.calibration.mode
@@ -389,7 +394,9 @@ class MoEBertDetector:
         out.mkdir(parents=True, exist_ok=True)
         cfg = self.model.config
         cfg.created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cfg.version = f"moebert-{weights_digest(self.model)}-{cfg.created_at.replace('-', '').replace(':', '')}"
+        stamp = cfg.created_at.replace("-", "").replace(":", "")
+        quick = "quick-" if cfg.profile == "quick" else ""  # a quick demo model is never taken for a full one
+        cfg.version = f"moebert-{quick}{weights_digest(self.model)}-{stamp}"
         self.model.save_pretrained(out, tokenizer=self.tokenizer)
         write_json(out / NORMALIZER_NAME, self.normalizer.to_dict())
         write_json(out / CALIBRATION_NAME, self.calibration.to_dict())

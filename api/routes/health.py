@@ -40,6 +40,8 @@ async def ready(request: Request, response: Response) -> Ready:
         database=database,
         detector_version=state.detector.version if detector else None,
         explainer_model=state.explainer.model_name if explainer else None,
+        detector_profile=getattr(state.detector, "profile", None) if detector else None,
+        explainer_profile=getattr(getattr(state.explainer, "explainer", None), "profile", None) if explainer else None,
         llm=llm["state"] if llm else None,
         llm_error=llm["last_error"] if llm else None,
         llm_retry_in_seconds=llm["retry_in_seconds"] if llm else None,

@@ -31,6 +31,9 @@ def test_add_commands_registers_three_handlers() -> None:
     ns = parser.parse_args(["train-large"])
     assert ns.func is handlers["train-large"] and ns.handler is handlers["train-large"]
     assert args_from_namespace(ns) == TrainLargeArgs()  # the flags' defaults are the dataclass's
+    quick = args_from_namespace(parser.parse_args(["train-large", "--profile", "quick", "--max-steps", "5"]))
+    assert quick == TrainLargeArgs.for_profile("quick", max_steps=5)  # the profile's budgets, the flag wins
+    assert quick.max_steps == 5 and quick.train_limit != TrainLargeArgs().train_limit and quick.profile == "quick"
 
 
 def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -234,3 +234,24 @@ def test_real_log_records_add_the_other_category_and_calibrate_its_threshold(
     )
     assert OTHER not in json.loads((no_real.output / "labels.json").read_text(encoding="utf-8"))["categories"]
     assert "category_threshold" not in json.loads((no_real.output / "explainer.json").read_text(encoding="utf-8"))
+
+
+def test_quick_profile_marks_the_explainer_and_keeps_the_runs_own_settings(
+    tiny_base: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """`--profile quick` (make demo's): its budgets where the run sets none, "profile" in explainer.json and
+    metrics.json, and the loaded explainer says so."""
+    from core.errors import DataError
+    from large_model.train import TRAIN_PROFILES
+
+    args = TrainLargeArgs.for_profile(
+        "quick", data=toy_data, output=tmp_path / "quick", base=str(tiny_base), backend="peft", device="cpu",
+        dtype="fp32", max_steps=2, progress=False,
+    )  # fmt: skip
+    assert args.max_steps == 2 and args.train_limit == TRAIN_PROFILES["quick"]["train_limit"]
+    metrics = run_training(args).metrics
+    meta = json.loads((args.output / "explainer.json").read_text(encoding="utf-8"))
+    assert meta["profile"] == metrics["profile"] == "quick" and metrics["steps"] == 2
+    assert Explainer.from_pretrained(args.output, device="cpu", dtype="fp32").profile == "quick"
+    with pytest.raises(DataError, match="unknown profile"):
+        TrainLargeArgs(profile="fast")

@@ -251,3 +251,23 @@ def test_cli_cluster_then_analyze(
     args = parser.parse_args(["cluster", "--data", str(small_set["data"]), "--detector", str(tmp_path / "none")])
     with pytest.raises(ModelError):
         args.handler(args)
+
+
+def test_cli_quick_profile_trains_a_short_deeplog_and_birch_alone(
+    small_set: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cluster --profile quick` (make demo's): the DeepLog it trains runs the profile's few epochs, no
+    classifier is trained, and the artifact records the profile; an explicit flag wins over the profile."""
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    out, dl = tmp_path / "quick", tmp_path / "dl-quick"
+    args = parser.parse_args(
+        ["cluster", "--data", str(small_set["data"]), "--detector", str(dl), "--train-detector", "--anomalies-only",
+         "--n-clusters", "4", "--profile", "quick", "--detector-epochs", "2", "--output", str(out), "--json"]
+    )  # fmt: skip
+    assert args.handler(args) == 0
+    capsys.readouterr()
+    assert json.loads((dl / "config.json").read_text())["config"]["epochs"] == 2  # the flag, not the profile's 5
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["profile"] == "quick" and config["config"]["train_classifier"] is False
+    assert not (out / "model.safetensors").exists()

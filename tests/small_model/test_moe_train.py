@@ -298,3 +298,30 @@ def test_forward_line_modeling_ranks_steps_out_of_order(tmp_path: Path) -> None:
     labels = np.r_[np.zeros(60), np.ones(60)]
     assert roc_auc_score(labels, raw["next"]) > 0.85  # 0.94 when written
     np.testing.assert_array_equal(raw["recon"], np.maximum(raw["lines"], raw["next"]))
+
+
+def test_quick_profile_sets_its_budgets_where_no_flag_does() -> None:
+    quick = parse_args(["--train", "t.json", "--profile", "quick"])
+    assert quick.profile == "quick" and (quick.max_steps, quick.min_steps) == (80, 1)
+    assert parse_args(["--train", "t.json", "--profile", "quick", "--max-steps", "7"]).max_steps == 7  # the flag wins
+    full = parse_args(["--train", "t.json"])
+    assert full.profile == "full" and full.max_steps == TrainArgs(train_file=Path("t.json")).max_steps
+    with pytest.raises(DataError, match="unknown profile"):
+        TrainArgs.for_profile("fast", train_file=Path("t.json"))
+
+
+def test_a_quick_artifact_says_so_in_its_config_and_version(tmp_path: Path) -> None:
+    write(tmp_path / "train.json", records(48, 0.5, 11, "q"))
+    args = tiny_args(tmp_path, max_steps=2, profile="quick")
+    out = train_detector(args)
+    config = json.loads((out / "config.json").read_text())
+    assert config["profile"] == "quick" and config["version"].startswith("moebert-quick-")
+    steps = json.loads((out / "metrics.json").read_text())["history"]
+    assert all(phase["steps"] <= 2 for phase in steps.values() if "steps" in phase)
+    detector = MoEBertDetector.from_pretrained(out)
+    assert detector.profile == "quick" and detector.version == config["version"]
+    from api.metrics import Metrics
+    from api.services import DetectorService
+    from core.settings import Settings
+
+    assert DetectorService(detector, Settings(batching=False), Metrics()).profile == "quick"  # what /ready shows
