@@ -13,7 +13,7 @@ from api.deps import DetectorDep, SessionDep, SettingsDep, WorkersDep
 from api.errors import error_responses
 from api.schemas import DetectionOut, DetectRequest, DetectResponse, LineContribution
 from api.services import DetectorService, Verdict
-from core.errors import DataError, LimitError
+from core.errors import DataError
 from core.sessions import SessionRules, group_lines
 from core.settings import Settings
 from core.windowing import Window, make_windows, window_work
@@ -80,8 +80,8 @@ async def windows_within_budget(
 ) -> list[tuple[str | None, list[str], dict[str, Any] | None]]:
     """Cut raw ``lines`` into ``(id, lines, window_info)`` items, refusing (413) before building any when they
     would exceed the work budget. Fixed and sliding windows are counted without building them; sessions
-    follow the live-session rules (each line joins one session, so they hold the lines once), grouped off
-    the event loop with the user's regexes on RE2 (linear time)."""
+    follow the live-session rules (each line joins one session, so they hold the lines once); both are
+    built off the event loop, the user's session regexes with a timeout per match."""
     raw = sum(line_bytes(line) for line in lines)
     work = window_work(len(lines), spec.type, spec.size, spec.step)
     if work is not None:
@@ -102,8 +102,6 @@ async def windows_within_budget(
             lambda: list(make_windows(lines, spec.type, spec.size, spec.step))
         )
         return [(w.id, w.lines, {"type": spec.type, "lines": w.line_numbers}) for w in windows]
-    except LimitError as exc:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{exc.reason} (max_lines_per_request)") from None
     except DataError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
