@@ -97,6 +97,7 @@ class LiveSessions:
                     i += len(take)
             await session.commit()
         if closed:
+            self.backlog += closed  # due now: counted before the closer's next look
             self._wake.set()
         return closed
 
