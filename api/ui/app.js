@@ -527,6 +527,7 @@
   function chip(id, text, ok) {
     const el = $(id);
     el.textContent = text;
+    el.title = text; // a long model path is cut short on a narrow screen; the whole of it on hover
     el.className = `chip ${ok === true ? "ok" : ok === false ? "bad" : ""}`;
   }
 
