@@ -1,6 +1,6 @@
 """QLoRA fine-tuning of the explainer: ``logtriage train-large``.
 
-    OMP_WAIT_POLICY=PASSIVE python -m large_model.cli train-large \\
+    OMP_WAIT_POLICY=PASSIVE logtriage train-large \\
         --data data/instructions_chat.jsonl --output artifacts/explainer
 
 Each record (a classification record with ``log_entries`` or a chat record with ``messages``)
@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 
-from core.errors import DataError, LogTriageError, ModelError
+from core.errors import DataError, ModelError
 from core.io import write_json, write_jsonl
 from large_model.bundled import resolve_base
 from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, keeps_text, load_examples, split_examples
@@ -974,18 +974,3 @@ def run(ns: argparse.Namespace) -> int:
     path = train_explainer(args_from_namespace(ns))
     print(path)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: ``python -m large_model.train --data ...``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(prog="train-large", description=__doc__.split("\n")[0]))
-    try:
-        return run(parser.parse_args(argv))
-    except LogTriageError as exc:
-        logging.getLogger("logtriage").error("%s", exc)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,7 @@ def run(
     args: list[str], env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "logtriage", *args],
         capture_output=True,
         text=True,
         input=stdin,

@@ -12,7 +12,7 @@ from core.io import read_records
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "logtriage", *args], capture_output=True, text=True, cwd=cwd, timeout=120
     )
 
 
