@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.errors import LogTriageError
+from core.errors import DataError, LogTriageError
 
 DEVICE_HELP = "where the detector runs: cpu, cuda, cuda:N, or auto (CUDA where a GPU is there)"
 
@@ -114,6 +114,18 @@ def _scalar_type(hint: Any) -> tuple[Any, tuple[Any, ...] | None]:
     if hint in (int, float, str, bool, Path):
         return hint, None
     return None, None
+
+
+def check_profile(profiles: Mapping[str, Any], profile: str) -> None:
+    """A :class:`DataError` unless ``profile`` names one of a trainer's ``profiles`` (training budgets by name)."""
+    if profile not in profiles:
+        raise DataError(f"unknown profile {profile!r} (use one of {', '.join(profiles)})")
+
+
+def with_profile(profiles: Mapping[str, Mapping[str, Any]], profile: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of a run: ``profile``'s budgets where ``kwargs`` set none, and the profile's name."""
+    check_profile(profiles, profile)
+    return {**profiles[profile], **kwargs, "profile": profile}
 
 
 def given(ns: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:

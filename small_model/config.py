@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import DataError, ModelError
+from core.cli_args import check_profile, with_profile
+from core.errors import ModelError
 
 BUNDLED_ENCODER = "bundled"
 SCRATCH_ENCODER = "mini-scratch"
@@ -214,15 +215,12 @@ class TrainArgs(DetectorOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.profile not in TRAIN_PROFILES:
-            raise DataError(f"unknown profile {self.profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
+        check_profile(TRAIN_PROFILES, self.profile)
 
     @classmethod
     def for_profile(cls, profile: str = "full", **kwargs: Any) -> TrainArgs:
         """The arguments of a run with ``profile``'s budgets (:data:`TRAIN_PROFILES`) where ``kwargs`` set none."""
-        if profile not in TRAIN_PROFILES:
-            raise DataError(f"unknown profile {profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
-        return cls(**{**TRAIN_PROFILES[profile], **kwargs, "profile": profile})
+        return cls(**with_profile(TRAIN_PROFILES, profile, kwargs))
 
     @property
     def head_epochs(self) -> float:

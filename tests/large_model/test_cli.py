@@ -35,6 +35,11 @@ def test_add_commands_registers_three_handlers() -> None:
     quick = args_from_namespace(parser.parse_args(["train-large", "--profile", "quick", "--max-steps", "5"]))
     assert quick == TrainLargeArgs.for_profile("quick", max_steps=5)  # the profile's budgets, the flag wins
     assert quick.max_steps == 5 and quick.train_limit != TrainLargeArgs().train_limit and quick.profile == "quick"
+    # a flag given with the full recipe's value still wins over the profile's budget
+    same = args_from_namespace(parser.parse_args(["train-large", "--profile", "quick", "--max-steps", "640"]))
+    assert same.max_steps == 640 and same.train_limit == TrainLargeArgs.for_profile("quick").train_limit
+    flags = args_from_namespace(parser.parse_args(["train-large", "--no-quant", "--no-real", "--no-evidence"]))
+    assert (flags.quantize, flags.use_real, flags.evidence) == (False, False, False)
 
 
 def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
