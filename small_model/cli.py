@@ -54,12 +54,17 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 def moe_train_args(args: argparse.Namespace) -> TrainArgs:
     """The :class:`TrainArgs` of parsed train-small flags: a flag not given takes the profile's budget, else the
     dataclass default."""
+    from core.errors import DataError
+
     options = model_options(args)
-    return TrainArgs.for_profile(options.pop("profile", "full"), train_file=Path(args.train),
-                                 val_file=Path(args.val) if args.val else None,
-                                 test_file=Path(args.test) if args.test else None,
-                                 output_dir=Path(args.out or "artifacts/detector"), unsupervised=args.unsupervised,
-                                 progress=args.progress, **options)  # fmt: skip
+    try:
+        return TrainArgs.for_profile(options.pop("profile", "full"), train_file=Path(args.train),
+                                     val_file=Path(args.val) if args.val else None,
+                                     test_file=Path(args.test) if args.test else None,
+                                     output_dir=Path(args.out or "artifacts/detector"),
+                                     unsupervised=args.unsupervised, progress=args.progress, **options)  # fmt: skip
+    except ValueError as exc:  # a value out of range (--top-p 2): the user's, one line
+        raise DataError(str(exc)) from None
 
 
 def _print_metrics(folder: Path) -> None:

@@ -431,6 +431,33 @@ def detector_config(args: TrainArgs) -> DetectorConfig:
     return DetectorConfig(**args.options())
 
 
+def hold_out_normal(train: Prepared, args: TrainArgs, rng: random.Random) -> tuple[list[int], list[int], set[int]]:
+    """The normal (or unlabeled) sequences to train on, those held out of all training as the reference of the
+    score normalization (the training ones where too few), and the held-out set (empty then)."""
+    normal_idx = [i for i, y in enumerate(train.labels) if y != 1]
+    dropped = len(train.labels) - len(normal_idx)
+    if args.unsupervised and dropped:
+        logger.warning("label-free training: dropping %d sequences labeled anomalous", dropped)
+    rng.shuffle(normal_idx)
+    n_calib = min(1000, max(1, int(args.calib_fraction * len(normal_idx)))) if len(normal_idx) > 10 else 0
+    calib_idx, normal_idx = normal_idx[:n_calib], normal_idx[n_calib:]
+    if not calib_idx:  # too few normal sequences to hold any out: normalize on the training ones
+        calib_idx = list(normal_idx)
+    return normal_idx, calib_idx, set(calib_idx) if n_calib else set()
+
+
+def build_detector(
+    config: DetectorConfig, normal_lines: Sequence[Sequence[str]], normalizer: Normalizer, args: TrainArgs
+) -> MoEBertDetector:
+    """A fresh detector: its line classes the most frequent normal training lines, on ``args.device``."""
+    if args.line_vocab_max > 0:
+        counts = Counter(line for seq in normal_lines for line in seq)
+        config.line_vocab = sorted(counts, key=lambda line: (-counts[line], line))[: args.line_vocab_max]
+    tokenizer = build_tokenizer(config)
+    model = build_model(config, tokenizer).to(args.device)
+    return MoEBertDetector(model, tokenizer, normalizer)
+
+
 def train_detector(args: TrainArgs) -> Path:
     """Train (supervised or label-free) and save the artifact folder; returns its path."""
     t0 = time.perf_counter()
@@ -452,24 +479,10 @@ def train_detector(args: TrainArgs) -> Path:
     val = load_split(Path(args.val_file), normalizer, "validation") if args.val_file else None
     test = load_split(Path(args.test_file), normalizer, "test") if args.test_file else None
 
-    normal_idx = [i for i, y in enumerate(train.labels) if y != 1]
-    dropped = len(train.labels) - len(normal_idx)
-    if args.unsupervised and dropped:
-        logger.warning("label-free training: dropping %d sequences labeled anomalous", dropped)
-    rng.shuffle(normal_idx)
-    # normal sequences held out of all training: the reference for score normalization
-    n_calib = min(1000, max(1, int(args.calib_fraction * len(normal_idx)))) if len(normal_idx) > 10 else 0
-    calib_idx, normal_idx = normal_idx[:n_calib], normal_idx[n_calib:]
-    if not calib_idx:  # too few normal sequences to hold any out: normalize on the training ones
-        calib_idx = list(normal_idx)
-    held_out = set(calib_idx) if n_calib else set()
+    normal_idx, calib_idx, held_out = hold_out_normal(train, args, rng)
     normal_lines = [train.lines[i] for i in normal_idx]
-    if args.line_vocab_max > 0:
-        counts = Counter(line for seq in normal_lines for line in seq)
-        config.line_vocab = sorted(counts, key=lambda line: (-counts[line], line))[: args.line_vocab_max]
-    tokenizer = build_tokenizer(config)
-    model = build_model(config, tokenizer).to(args.device)
-    detector = MoEBertDetector(model, tokenizer, normalizer)
+    detector = build_detector(config, normal_lines, normalizer, args)
+    model = detector.model
     # training keeps the rows of its sequences for the whole run: the line cache never starts afresh
     cache_limit, detector.vectors.max_lines = detector.vectors.max_lines, sys.maxsize
     batcher = Batcher(detector, rng, gen)
@@ -505,32 +518,42 @@ def train_detector(args: TrainArgs) -> Path:
     t_cal = time.perf_counter()
     cpu_train = time.process_time() - cpu0
 
+    seconds = {
+        "lines": round(t_mlm - t0, 1),
+        "head": round(t_head - t_mlm, 1),
+        "calibration": round(t_cal - t_head, 1),
+        "train_total": round(t_cal - t0, 1),  # data checks to calibrated detector
+        "train_process_cpu": round(cpu_train, 1),  # CPU time of this process (all threads)
+    }
     metrics: dict[str, Any] = {
         "mode": cal.mode,
         "train_file": str(args.train_file),
         "n_train_sequences": len(train.lines),
         "n_normal_sequences": len(normal),
         "distinct_lines": len(detector.vectors),
-        "seconds": {
-            "lines": round(t_mlm - t0, 1),
-            "head": round(t_head - t_mlm, 1),
-            "calibration": round(t_cal - t_head, 1),
-            "train_total": round(t_cal - t0, 1),  # data checks to calibrated detector
-            "train_process_cpu": round(cpu_train, 1),  # CPU time of this process (all threads)
-        },
+        "seconds": seconds,
         "threads": torch.get_num_threads(),
         "history": history,
         "calibration": {**cal.to_dict(), **notes},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
     }
+    return save_with_metrics(detector, metrics, batcher, normal, val, test, args.output_dir)
+
+
+def save_with_metrics(
+    detector: MoEBertDetector, metrics: dict[str, Any], batcher: Batcher, normal: Sequence[Encoded],
+    val: Prepared | None, test: Prepared | None, output_dir: Path,
+) -> Path:  # fmt: skip
+    """Expert usage and the validation and test metrics added to the run's ``metrics``; the artifact saved."""
+    started = time.perf_counter()
     metrics["expert_usage"] = expert_usage(batcher, normal)
     if val is not None:
         metrics["val"] = evaluate(detector, val)
-        metrics["val_used_for_calibration"] = cal.threshold_source == "validation"
+        metrics["val_used_for_calibration"] = detector.calibration.threshold_source == "validation"
     if test is not None:
         metrics["test"] = evaluate(detector, test)
-    metrics["seconds"]["evaluation"] = round(time.perf_counter() - t_cal, 1)
+    metrics["seconds"]["evaluation"] = round(time.perf_counter() - started, 1)
     detector.metrics = metrics
-    out = detector.save_pretrained(args.output_dir)
+    out = detector.save_pretrained(output_dir)
     logger.info("saved %s (version %s); trained in %.0f s", out, detector.version, metrics["seconds"]["train_total"])
     return out
