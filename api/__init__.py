@@ -1,1 +1,1 @@
-"""The LogTriage service (FastAPI) and the ``logtriage`` command line."""
+"""The LogTriage service (FastAPI) and its commands (detect, tail, serve, worker, jobs)."""

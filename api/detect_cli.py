@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -32,15 +33,16 @@ def _records(args: argparse.Namespace) -> Iterator[SequenceRecord]:
         for window in make_windows(args.logs, args.window_type, args.window_size, args.step, args.session_key):
             yield SequenceRecord(sequence_id=f"logs-{window.id}", log_entries=window.lines)
         return
-    source = args.input
-    if source in (None, "-"):
-        data = sys.stdin.buffer.read()
-        with tempfile.NamedTemporaryFile(suffix=".log", delete=False) as tmp:
-            tmp.write(data)
-        source = tmp.name
-    yield from records_from_file(
-        source, args.input_format, args.window_type, args.window_size, args.step, args.session_key, args.field
-    )
+    options = (args.input_format, args.window_type, args.window_size, args.step, args.session_key, args.field)
+    if args.input not in (None, "-"):
+        yield from records_from_file(args.input, *options)
+        return
+    # the readers take a path: stdin goes to a temporary file, removed once read (or when scoring stops)
+    with tempfile.TemporaryDirectory(prefix="logtriage-stdin-") as folder:
+        spool = Path(folder) / "stdin.log"
+        with spool.open("wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out)
+        yield from records_from_file(str(spool), *options)
 
 
 def _print_human(item: dict[str, Any]) -> None:
@@ -59,11 +61,9 @@ def _print_human(item: dict[str, Any]) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from core.settings import get_settings
+    from core.settings import settings_with
 
-    settings = get_settings()
-    if args.database_url:
-        settings.database_url = args.database_url
+    settings = settings_with(database_url=args.database_url)
     detector_path = Path(args.detector or settings.detector_path)
     if args.explain or args.store:
         return asyncio.run(_detect_stored(args, settings, detector_path))

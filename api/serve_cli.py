@@ -13,31 +13,25 @@ from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-
     import uvicorn
 
-    for key, value in (
-        ("DETECTOR_PATH", args.detector),
-        ("EXPLAINER_PATH", args.explainer),
-        ("DATABASE_URL", args.database_url),
-        ("WORKERS", args.workers),
-    ):
-        if value is not None:
-            os.environ[f"LOGTRIAGE_{key}"] = str(value)
-    if args.no_explainer:
-        os.environ["LOGTRIAGE_LOAD_EXPLAINER"] = "false"
-    from core.settings import Settings
+    from api.main import create_app
+    from core.settings import settings_with
 
-    grace = Settings().shutdown_grace_seconds
+    settings = settings_with(
+        detector_path=args.detector,
+        explainer_path=args.explainer,
+        database_url=args.database_url,
+        workers=args.workers,
+        load_explainer=False if args.no_explainer else None,
+    )
     # SIGTERM: open requests get the grace to end, then the lifespan stops the workers (another grace at most)
     uvicorn.run(
-        "api.main:create_app",
-        factory=True,
+        create_app(settings),
         host=args.host,
         port=args.port,
         log_level="info",
-        timeout_graceful_shutdown=max(1, int(grace)),
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
     )
     return 0
 
@@ -50,14 +44,12 @@ def _worker(args: argparse.Namespace) -> int:
     from api.metrics import Metrics
     from api.services import ExplainerService
     from api.worker import ExplainWorker
-    from core.settings import get_settings
+    from core.settings import settings_with
     from db.session import Database
     from large_model.inference import load_explainer
 
     log = logging.getLogger("logtriage.worker")
-    settings = get_settings()
-    if args.database_url:
-        settings.database_url = args.database_url
+    settings = settings_with(database_url=args.database_url)
     n_workers = args.workers if args.workers is not None else max(1, settings.workers)
     explainer = load_explainer(args.explainer or settings.explainer_path, settings=settings)
 
@@ -113,12 +105,12 @@ def _jobs(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from core.settings import get_settings
+    from core.settings import settings_with
     from db import queue
     from db.session import Database
 
-    settings = get_settings()
-    url = args.database_url or settings.database_url
+    settings = settings_with(database_url=args.database_url)
+    url = settings.database_url
 
     async def run() -> int:
         db = Database(url)

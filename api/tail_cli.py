@@ -100,12 +100,10 @@ def _print(item: dict[str, Any], as_json: bool) -> None:
 async def _tail(args: argparse.Namespace) -> int:
     from api.metrics import Metrics
     from api.services import DetectorService
-    from core.settings import get_settings
+    from core.settings import settings_with
     from small_model.registry import load_detector
 
-    settings = get_settings()
-    if args.database_url:
-        settings.database_url = args.database_url
+    settings = settings_with(database_url=args.database_url)
     rules = SessionRules(
         key=args.session_key or settings.session_key,
         key_regex=args.key_regex or settings.session_key_regex,

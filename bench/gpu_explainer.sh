@@ -79,13 +79,13 @@ for name in ("transformers", "peft", "bitsandbytes", "accelerate", "unsloth", "u
 EOF2
     run="$STASH/run-$name"
     rm -rf "$run"
-    python3 -m large_model.cli train-large --data "$STASH/data/instructions_chat.jsonl" \
+    python3 -m logtriage train-large --data "$STASH/data/instructions_chat.jsonl" \
         --base bundled --backend "$stage" --output "$run" --no-progress "${@:3}" >"$OUT/train-$name.log" 2>&1 ||
         { tail -40 "$OUT/train-$name.log"; exit 1; }
     grep -E "flow evidence" "$OUT/train-$name.log" || true
     grep -E "large_model|Unsloth|unsloth" "$OUT/train-$name.log" | grep -v -i warn | tail -8 || true
     cp "$run/metrics.json" "$OUT/metrics-$name.json"
-    python3 -m large_model.cli evaluate-large --model "$run" --device cuda --report "$OUT/eval-$name.json" \
+    python3 -m logtriage evaluate-large --model "$run" --device cuda --report "$OUT/eval-$name.json" \
         "${EVAL_FLAGS[@]}" ${COMPARE_BASE:+--compare-base} 2>&1 | grep -v -i warn
     ;;
 sweep)
@@ -103,11 +103,11 @@ sweep)
         local run="$STASH/run-$name"
         rm -rf "$run"
         # shellcheck disable=SC2086
-        timeout "${TRAIN_TIMEOUT:-400}" python3 -m large_model.cli train-large --data "$STASH/data/instructions_chat.jsonl" \
+        timeout "${TRAIN_TIMEOUT:-400}" python3 -m logtriage train-large --data "$STASH/data/instructions_chat.jsonl" \
             --base bundled --backend peft --output "$run" --no-progress --max-minutes 0 --save-every 0 $flags \
             >"$OUT/sweep/train-$name.log" 2>&1 || { echo "$name: train-large failed"; tail -5 "$OUT/sweep/train-$name.log"; return; }
         cp "$run/metrics.json" "$OUT/sweep/metrics-$name.json"
-        timeout "${EVAL_TIMEOUT:-150}" python3 -m large_model.cli evaluate-large --model "$run" --device cuda \
+        timeout "${EVAL_TIMEOUT:-150}" python3 -m logtriage evaluate-large --model "$run" --device cuda \
             --report "$OUT/sweep/eval-$name.json" --limit "${EVAL_LIMIT:-200}" --generate-limit "${GENERATE_LIMIT:-0}" \
             --no-progress >"$OUT/sweep/eval-$name.log" 2>&1 || { echo "$name: evaluate-large failed"; tail -5 "$OUT/sweep/eval-$name.log"; }
         echo "$name done $(date +%T)"

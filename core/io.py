@@ -203,12 +203,6 @@ def iter_text_lines(
                 yield number, text
 
 
-def read_text_lines(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[str]:
-    """The non-empty lines of a plain-text log file, streaming."""
-    for _, line in iter_text_lines(path, max_line_bytes):
-        yield line
-
-
 def _iter_jsonl(path: str | Path, max_line_bytes: int) -> Iterator[SequenceRecord]:
     for number, line in iter_text_lines(path, max_line_bytes):
         try:

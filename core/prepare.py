@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from core.errors import DataError
 from core.io import RECORD_FORMATS, data_suffix, iter_records, iter_text_lines, plain_name
@@ -98,3 +99,34 @@ def records_from_file(
         yield SequenceRecord(
             sequence_id=f"{stem}-{window.id}", label=None, log_entries=window.lines, line_numbers=window.line_numbers
         )
+
+
+def _prepare_command(args: Any) -> int:
+    import itertools
+
+    from core.io import write_records
+
+    records = records_from_file(
+        args.input, args.input_format, args.window_type, args.window_size, args.step, args.session_key, args.field
+    )
+    first = next(records, None)
+    if first is None:  # checked before anything is written
+        raise DataError(f"{args.input}: no log lines to window")
+    count = write_records(args.output, itertools.chain([first], records))
+    print(f"{count} sequences -> {args.output}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``prepare``."""
+    from core.cli_args import add_window_arguments
+
+    p = sub.add_parser(
+        "prepare",
+        help="turn raw logs (text, JSON events, loghub) into sequence records",
+        description="Window a raw log into sequence records (JSON/JSONL/CSV by the output suffix).",
+    )
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    add_window_arguments(p)
+    p.set_defaults(handler=_prepare_command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,13 +15,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LOGTRIAGE_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Path("data")
-    artifacts_dir: Path = Path("artifacts")
     # detector
     detector_path: Path = Path("artifacts/detector")
     device: str = "cpu"  # where the detector runs: cpu, cuda, cuda:N, auto (CUDA where a GPU is there)
-    encoder: str = "bundled:all-MiniLM-L6-v2"
-    max_line_bytes: int = 10 * 1024 * 1024
     cluster_path: Path | None = None  # a `logtriage cluster` artifact: anomalies get a cluster id and description
     # explainer
     explainer_path: Path = Path("artifacts/explainer")
@@ -83,7 +79,6 @@ class Settings(BaseSettings):
     alert_wait_explanation_seconds: float = 60.0  # hold an alert this long for its explanation (summary, response)
     alert_duration_seconds: float = 3600.0  # endsAt = startsAt + this (Alertmanager resolves the alert then)
     public_url: str = "http://localhost:8000"  # the links to detections in alerts
-    seed: int = 42
 
     @field_validator("otlp_line_template")
     @classmethod
@@ -103,3 +98,11 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def settings_with(**overrides: Any) -> Settings:
+    """Settings read from the environment with the overrides that are not ``None`` on top (a command's options).
+
+    A new object: the cached :func:`get_settings` is never changed.
+    """
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

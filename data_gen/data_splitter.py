@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli_args import run_cli
 from core.errors import LogTriageError
 from core.io import read_records, write_records
 from core.schema import SequenceRecord
-from data_gen.cli_utils import derive_seed, run_cli, setup_logging
+from data_gen.cli_utils import derive_seed, setup_logging
 
 log = logging.getLogger(__name__)
 

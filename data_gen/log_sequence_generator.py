@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.cli_args import run_cli
 from core.errors import LogTriageError
 from core.io import record_format, write_records
 from core.schema import SequenceRecord
@@ -46,7 +47,7 @@ from data_gen.catalog import (
     format_line,
     lang_index,
 )
-from data_gen.cli_utils import derive_seed, run_cli, setup_logging
+from data_gen.cli_utils import derive_seed, setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -38,10 +38,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.cli_args import run_cli
 from core.errors import DataError
 from core.io import read_records, write_records
 from core.loghub import iter_loghub, labelled_windows
-from data_gen.cli_utils import run_cli, setup_logging
+from data_gen.cli_utils import setup_logging
 
 log = logging.getLogger(__name__)
 

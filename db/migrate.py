@@ -30,6 +30,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.cli_args import run_cli
 from db.session import make_engine, normalize_url
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     url = args.url
-    try:
+
+    def run() -> int:
         if args.cmd == "upgrade":
             _run_sync(upgrade(url, args.revision))
         elif args.cmd == "downgrade":
@@ -130,10 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rev = _run_sync(current_revision(url))
             sys.stdout.write(f"{rev or '(empty database)'} (head: {head_revision()})\n")
-    except Exception as exc:  # one line for the operator, no stack trace
-        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
-        return 1
-    return 0
+        return 0
+
+    return run_cli(run)  # one line for the operator, no stack trace
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """The explainer's commands: ``train-large``, ``explain``, ``evaluate-large``.
 
-The main ``logtriage`` CLI registers them with :func:`add_commands`; standalone:
-``python -m large_model.cli explain --model artifacts/explainer --input seq.jsonl``.
-Each handler takes the parsed Namespace and returns an exit code; a :class:`LogTriageError`
-becomes one line on stderr and exit code 2.
+The ``logtriage`` command registers them with :func:`add_commands`, e.g.
+``logtriage explain --model artifacts/explainer --input seq.jsonl``. Each handler takes the parsed
+Namespace and returns an exit code.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import DataError, LogTriageError
+from core.errors import DataError
 from large_model import evaluate, train
 from large_model.inference import DEFAULT_MAX_NEW_TOKENS
 
@@ -107,28 +106,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], argparse.Argu
 
 
 def add_commands(subparsers: Any) -> dict[str, Handler]:
-    """Register the three commands on an argparse subparsers object; each sets ``func`` and ``handler``."""
+    """Register the three commands on an argparse subparsers object; each sets ``handler``."""
     handlers = {}
     for name, (help_text, add_args, handler) in COMMANDS.items():
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         add_args(parser)
-        parser.set_defaults(func=handler, handler=handler)  # the main logtriage CLI calls ``handler``
+        parser.set_defaults(handler=handler)
         handlers[name] = handler
     return handlers
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m large_model.cli <command> ...``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m large_model.cli", description="LogTriage LLM explainer")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(argv)
-    try:
-        return int(ns.func(ns))
-    except LogTriageError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

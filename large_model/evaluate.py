@@ -1,6 +1,6 @@
 """Evaluation of the explainer: ``logtriage evaluate-large``.
 
-    OMP_WAIT_POLICY=PASSIVE python -m large_model.cli evaluate-large \\
+    OMP_WAIT_POLICY=PASSIVE logtriage evaluate-large \\
         --model artifacts/explainer --compare-base --report artifacts/explainer/eval.json
 
 Data: records with ``log_entries``, ``category``, ``severity`` and a reference
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import DataError, LogTriageError
+from core.errors import DataError
 from core.io import write_json
 from large_model.encoding import iter_json_rows
 from large_model.grounding import has_loop, ungrounded, words
@@ -370,18 +370,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="generate without the copying constraint on names and numbers (to measure what it does)",
     )
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: ``python -m large_model.evaluate --model ...``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(prog="evaluate-large", description=__doc__.split("\n")[0]))
-    try:
-        return run(parser.parse_args(argv))
-    except LogTriageError as exc:
-        logging.getLogger("logtriage").error("%s", exc)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

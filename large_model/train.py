@@ -1,6 +1,6 @@
 """QLoRA fine-tuning of the explainer: ``logtriage train-large``.
 
-    OMP_WAIT_POLICY=PASSIVE python -m large_model.cli train-large \\
+    OMP_WAIT_POLICY=PASSIVE logtriage train-large \\
         --data data/instructions_chat.jsonl --output artifacts/explainer
 
 Each record (a classification record with ``log_entries`` or a chat record with ``messages``)
@@ -58,13 +58,14 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.errors import DataError, LogTriageError, ModelError
+from core.cli_args import add_dataclass_arguments, check_profile, given, with_profile
+from core.errors import DataError, ModelError
 from core.io import write_json, write_jsonl
 from large_model.bundled import resolve_base
 from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, keeps_text, load_examples, split_examples
@@ -144,15 +145,12 @@ class TrainLargeArgs:
     profile: str = "full"  # recorded in explainer.json; for_profile / --profile quick set the budgets of TRAIN_PROFILES
 
     def __post_init__(self) -> None:
-        if self.profile not in TRAIN_PROFILES:
-            raise DataError(f"unknown profile {self.profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
+        check_profile(TRAIN_PROFILES, self.profile)
 
     @classmethod
     def for_profile(cls, profile: str = "full", **kwargs: Any) -> TrainLargeArgs:
         """The arguments of a run with ``profile``'s budgets (:data:`TRAIN_PROFILES`) where ``kwargs`` set none."""
-        if profile not in TRAIN_PROFILES:
-            raise DataError(f"unknown profile {profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
-        return cls(**{**TRAIN_PROFILES[profile], **kwargs, "profile": profile})
+        return cls(**with_profile(TRAIN_PROFILES, profile, kwargs))
 
 
 def _labels_for(args: TrainLargeArgs) -> LabelSet:
@@ -275,11 +273,15 @@ def reference_profile(args: TrainLargeArgs) -> tuple[FlowProfile | None, Path | 
     return profile, path
 
 
+# (input_ids, labels, weights) by training example index
+EncodedExamples = dict[int, tuple[list[int], list[int], list[float]]]
+
+
 def encode_examples(
     encoder: PromptEncoder, examples: Sequence[Example], indices: Sequence[int], args: TrainLargeArgs
-) -> dict[int, tuple[list[int], list[int], list[float]]]:
+) -> EncodedExamples:
     """``(input_ids, labels, weights)`` of the examples at ``indices``: whole answers for a hash-chosen share."""
-    encoded: dict[int, tuple[list[int], list[int], list[float]]] = {}
+    encoded: EncodedExamples = {}
     for i in indices:
         e = examples[i]
         full = keeps_text(e.sequence_id, args.text_fraction, args.seed)
@@ -430,9 +432,7 @@ class FeatureCache:
             self.decoder.layers = self.layers
             self.decoder.norm = norm
 
-    def build(
-        self, encoded: dict[int, tuple[list[int], list[int], list[float]]], pad_id: int, device: str, chunk: int = 8
-    ) -> None:
+    def build(self, encoded: EncodedExamples, pad_id: int, device: str, chunk: int = 8) -> None:
         """Run the frozen layers over every encoded example (``chunk`` at a time, grouped by length)."""
         started = time.perf_counter()
         order = sorted(encoded, key=lambda i: len(encoded[i][0]))
@@ -611,7 +611,12 @@ def train_explainer(args: TrainLargeArgs) -> Path:
 
 
 def run_training(args: TrainLargeArgs) -> TrainResult:
-    """Fine-tune the explainer and save it; returns the folder and the in-memory model."""
+    """Fine-tune the explainer and save it; returns the folder and the in-memory model.
+
+    The steps: the examples (:func:`_prepare_run`), the base with its LoRA and the encoded prompts
+    (:func:`_encode_run`), the checkpoint to resume from, the training loop (:func:`_train_loop`), the
+    saved folder and its calibration (:func:`_save_explainer`), the run's metrics (:func:`_run_metrics`).
+    """
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" and not torch.cuda.is_available():
         log.warning(
             "OMP_WAIT_POLICY is not PASSIVE: on a small shared CPU PyTorch threads spin-wait and run far slower"
@@ -619,7 +624,62 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
     if args.max_steps < 1 or args.batch_size < 1 or args.grad_accum < 1:
         raise DataError("max_steps, batch_size and grad_accum must be at least 1")
     started = time.perf_counter()
-    output = Path(args.output)
+    run = _prepare_run(args)
+    tm, encoder, encoded_by, with_text = _encode_run(args, run)
+    params = [p for p in tm.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    loop = _resume(args, tm, optimizer, run.profile)
+    cache = FeatureCache.for_run(tm, args)
+    if cache is not None:
+        cache.build(encoded_by, tm.tokenizer.pad_token_id, tm.device)
+    _train_loop(args, tm, optimizer, params, run, encoded_by, cache, loop)
+    calibration = _save_explainer(args, tm, run, encoder)
+    metrics = _run_metrics(args, tm, run, loop, cache, calibration, with_text, started)
+    write_json(Path(args.output) / "metrics.json", metrics)
+    log.info(
+        "saved the explainer adapter to %s (%d steps, loss %.4f -> %.4f, %.0f s)",
+        args.output,
+        loop.step,
+        metrics["first_loss"] or 0.0,
+        metrics["final_loss"] or 0.0,
+        loop.train_seconds,
+    )
+    tm.model.eval()
+    return TrainResult(Path(args.output), tm.model, tm.tokenizer, metrics)
+
+
+@dataclass
+class _Run:
+    """The examples of a run and where they came from."""
+
+    examples: list[Example]  # every record read
+    train_set: list[Example]  # the (sampled) training part
+    held: list[Example]  # the held-out part: heldout.jsonl and the calibration
+    labels: LabelSet
+    real: Path | None  # the real-log anomalies added, if any
+    profile: FlowProfile | None  # the normal runs' profile of the evidence, if on
+    reference: Path | None
+    base_path: str = ""
+    base_name: str = ""
+
+
+@dataclass
+class _Loop:
+    """The training loop's state: where it starts (a resumed run: the checkpoint's step) and what it did."""
+
+    start_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    prior_seconds: float = 0.0  # training time of the run before a resume
+    step: int = 0
+    stopped_by_time: bool = False
+    tokens_seen: int = 0
+    seen: set[int] = field(default_factory=set)  # training examples the steps of this run used
+    train_seconds: float = 0.0  # the whole run's, resumed parts included
+    loop_seconds: float = 0.0  # this process's loop alone
+
+
+def _prepare_run(args: TrainLargeArgs) -> _Run:
+    """The examples split into training and held-out parts, the training part sampled; the evidence's profile."""
     examples, labels, real = load_training_examples(args)
     train_set, held = split_examples(examples, args.holdout_fraction, args.seed)
     if not train_set:
@@ -627,10 +687,15 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
     if args.train_limit is not None and 0 < args.train_limit < len(train_set):
         train_set = [train_set[i] for i in sample_examples(train_set, args.train_limit, args.seed, args.sample)]
     profile, reference = reference_profile(args)
-    base_path, base_name = resolve_base(args.base)
-    log.info("base model: %s (%s)", base_name, base_path)
+    return _Run(examples, train_set, held, labels, real, profile, reference)
+
+
+def _encode_run(args: TrainLargeArgs, run: _Run) -> tuple[TrainingModel, PromptEncoder, EncodedExamples, int]:
+    """The base with its LoRA, the prompt encoder, the encoded examples the plan reaches, how many keep their text."""
+    run.base_path, run.base_name = resolve_base(args.base)
+    log.info("base model: %s (%s)", run.base_name, run.base_path)
     tm = load_for_training(
-        base_path,
+        run.base_path,
         backend=args.backend,
         device=args.device,
         quantize=args.quantize,
@@ -643,94 +708,107 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         seed=args.seed,
         lora_layers=args.lora_layers,
     )
-    encoder = PromptEncoder(tm.tokenizer, labels, args.max_prompt_tokens, profile=profile)
+    encoder = PromptEncoder(tm.tokenizer, run.labels, args.max_prompt_tokens, profile=run.profile)
     # only the examples the plan reaches are encoded
     whole_windows = -(-args.max_steps // BUCKET_BATCHES) * BUCKET_BATCHES
-    plan = _batches(len(train_set), args.batch_size * args.grad_accum, args.seed, 0, whole_windows)
+    plan = _batches(len(run.train_set), args.batch_size * args.grad_accum, args.seed, 0, whole_windows)
     used = sorted({i for batch in plan for i in batch})
-    with_text = sum(keeps_text(train_set[i].sequence_id, args.text_fraction, args.seed) for i in used)
-    # the prompts carry the evidence here, so the feature cache below (built from these ids) does too
-    encoded_by = encode_examples(encoder, train_set, used, args)
+    with_text = sum(keeps_text(run.train_set[i].sequence_id, args.text_fraction, args.seed) for i in used)
+    # the prompts carry the evidence here, so the feature cache (built from these ids) does too
+    encoded_by = encode_examples(encoder, run.train_set, used, args)
     answer_tokens = sum(sum(1 for x in labs if x != -100) for _, labs, _ in encoded_by.values())
     log.info(
         "%d training examples (%d held out); %d encoded for up to %d steps (%d with the whole answer, the rest "
         "labels only), mean %.0f tokens, %.0f answer tokens",
-        len(train_set),
-        len(held),
+        len(run.train_set),
+        len(run.held),
         len(used),
         args.max_steps,
         with_text,
         sum(len(ids) for ids, _, _ in encoded_by.values()) / len(used),
         answer_tokens / len(used),
     )
-    model = tm.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    start_step = 0
-    history: list[dict[str, float]] = []
-    prior_seconds = 0.0
-    if args.resume:
-        checkpoint = _latest_checkpoint(output)
-        if checkpoint is None:
-            log.info("--resume: no checkpoint in %s, starting from step 0", output / CHECKPOINTS)
-        else:
-            state = _load_checkpoint(tm, optimizer, checkpoint)
-            start_step = int(state["step"])
-            history = list(state.get("history", []))
-            prior_seconds = float(state.get("train_seconds", 0.0))
-            log.info("resumed from %s (step %d)", checkpoint, start_step)
-            if bool(state.get("evidence", False)) != (profile is not None):
-                log.warning(
-                    "the checkpoint was trained %s the flow evidence, this run is %s it: the prompts differ",
-                    "with" if state.get("evidence") else "without",
-                    "with" if profile is not None else "without",
-                )
+    return tm, encoder, encoded_by, with_text
+
+
+def _resume(
+    args: TrainLargeArgs, tm: TrainingModel, optimizer: torch.optim.Optimizer, profile: FlowProfile | None
+) -> _Loop:
+    """A fresh loop, or with ``--resume`` the last checkpoint's step, history and time (model and optimizer loaded)."""
+    loop = _Loop()
+    if not args.resume:
+        return loop
+    output = Path(args.output)
+    checkpoint = _latest_checkpoint(output)
+    if checkpoint is None:
+        log.info("--resume: no checkpoint in %s, starting from step 0", output / CHECKPOINTS)
+        return loop
+    state = _load_checkpoint(tm, optimizer, checkpoint)
+    loop.start_step = loop.step = int(state["step"])
+    loop.history = list(state.get("history", []))
+    loop.prior_seconds = float(state.get("train_seconds", 0.0))
+    log.info("resumed from %s (step %d)", checkpoint, loop.start_step)
+    if bool(state.get("evidence", False)) != (profile is not None):
+        log.warning(
+            "the checkpoint was trained %s the flow evidence, this run is %s it: the prompts differ",
+            "with" if state.get("evidence") else "without",
+            "with" if profile is not None else "without",
+        )
+    return loop
+
+
+def _train_loop(
+    args: TrainLargeArgs,
+    tm: TrainingModel,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    run: _Run,
+    encoded_by: EncodedExamples,
+    cache: FeatureCache | None,
+    loop: _Loop,
+) -> None:
+    """The optimizer steps from ``loop.start_step`` to ``max_steps`` or the time budget, checkpoints on the way."""
+    output = Path(args.output)
     pad_id = tm.tokenizer.pad_token_id
-    cache = FeatureCache.for_run(tm, args)
-    if cache is not None:
-        cache.build(encoded_by, pad_id, tm.device)
     checked = cache is None
-    micro = args.batch_size * args.grad_accum
-    lengths = [len(encoded_by[i][0]) if i in encoded_by else 0 for i in range(len(train_set))]
-    plan = _batches(len(train_set), micro, args.seed, start_step, args.max_steps, lengths)
-    model.train()
-    tokens_seen = 0
+    lengths = [len(encoded_by[i][0]) if i in encoded_by else 0 for i in range(len(run.train_set))]
+    plan = _batches(len(run.train_set), args.batch_size * args.grad_accum, args.seed, loop.start_step,
+                    args.max_steps, lengths)  # fmt: skip
+    tm.model.train()
     loop_started = time.perf_counter()
 
     def save_checkpoint(at: int) -> None:
-        elapsed = prior_seconds + time.perf_counter() - loop_started
-        state = {"history": history, "train_seconds": elapsed, "evidence": profile is not None}
+        elapsed = loop.prior_seconds + time.perf_counter() - loop_started
+        state = {"history": loop.history, "train_seconds": elapsed, "evidence": run.profile is not None}
         _save_checkpoint(tm, optimizer, output, at, state, args.keep_checkpoints)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=args.max_steps, initial=start_step, desc="train-large", unit="step", disable=not args.progress)
-    step = start_step
+    bar = tqdm(
+        total=args.max_steps, initial=loop.start_step, desc="train-large", unit="step", disable=not args.progress
+    )
     # the caching pass counts against the time budget (it is part of what the run costs)
     budget = args.max_minutes * 60 - (cache.seconds if cache is not None else 0.0)
-    stopped_by_time = False
     last_step_seconds = 0.0
-    seen: set[int] = set()
     for indices in plan:
         step_started = time.perf_counter()
-        elapsed = prior_seconds + step_started - loop_started
-        if budget > 0 and step > start_step and elapsed + last_step_seconds > budget:
+        elapsed = loop.prior_seconds + step_started - loop_started
+        if budget > 0 and loop.step > loop.start_step and elapsed + last_step_seconds > budget:
             log.info(
                 "time budget of %.1f minutes reached after %d of %d steps: stopping (--max-minutes)",
                 args.max_minutes,
-                step,
+                loop.step,
                 args.max_steps,
             )
-            stopped_by_time = True
+            loop.stopped_by_time = True
             break
-        time_fraction = elapsed / budget if budget > 0 else 0.0
-        lr = _lr_at(step, args, time_fraction)
+        lr = _lr_at(loop.step, args, elapsed / budget if budget > 0 else 0.0)
         for group in param_groups(optimizer):
             group["lr"] = lr
         total_loss = 0.0
         for part in range(args.grad_accum):
             chunk = indices[part * args.batch_size : (part + 1) * args.batch_size]
-            seen.update(chunk)
+            loop.seen.update(chunk)
             batch = _collate([encoded_by[i] for i in chunk], pad_id, tm.device)
             if cache is not None:
                 batch["features"] = cache.batch_features(chunk, batch["input_ids"].shape[1])
@@ -739,37 +817,46 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
                 checked = True
             loss = step_loss(tm, batch, cache) / args.grad_accum
             if not torch.isfinite(loss):
-                raise ModelError(f"the loss became {loss.item()} at step {step}: lower --lr")
+                raise ModelError(f"the loss became {loss.item()} at step {loop.step}: lower --lr")
             loss.backward()
             total_loss += float(loss.item())
-            tokens_seen += int(batch["attention_mask"].sum().item())
+            loop.tokens_seen += int(batch["attention_mask"].sum().item())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        history.append({"step": step, "loss": round(total_loss, 5), "lr": lr})
+        loop.step += 1
+        loop.history.append({"step": loop.step, "loss": round(total_loss, 5), "lr": lr})
         last_step_seconds = time.perf_counter() - step_started
         bar.set_postfix(loss=f"{total_loss:.4f}")
         bar.update(1)
-        if args.save_every > 0 and (step % args.save_every == 0 or step == args.max_steps):
-            save_checkpoint(step)
+        if args.save_every > 0 and (loop.step % args.save_every == 0 or loop.step == args.max_steps):
+            save_checkpoint(loop.step)
     bar.close()
-    if stopped_by_time and args.save_every > 0 and step % args.save_every != 0:
-        save_checkpoint(step)
-    train_seconds = prior_seconds + time.perf_counter() - loop_started
-    steps_run = step - start_step
-    loop_seconds = time.perf_counter() - loop_started
+    if loop.stopped_by_time and args.save_every > 0 and loop.step % args.save_every != 0:
+        save_checkpoint(loop.step)
+    loop.loop_seconds = time.perf_counter() - loop_started
+    loop.train_seconds = loop.prior_seconds + loop.loop_seconds
+
+
+def _save_explainer(
+    args: TrainLargeArgs, tm: TrainingModel, run: _Run, encoder: PromptEncoder
+) -> dict[str, Any] | None:
+    """The adapter folder: weights, tokenizer, labels, held-out records, flow profile and ``explainer.json``,
+    with the category threshold calibrated on the held-out records (returned)."""
+    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output)
+    tm.model.save_pretrained(output)
     tm.tokenizer.save_pretrained(output)
-    write_json(output / "labels.json", labels.to_dict())
-    write_jsonl(output / "heldout.jsonl", _heldout_rows(held))
+    write_json(output / "labels.json", run.labels.to_dict())
+    write_jsonl(output / "heldout.jsonl", _heldout_rows(run.held))
+    profile = run.profile
     if profile is not None:
         profile.save(output / FLOW_PROFILE_FILE)
     else:  # one left by an earlier run into this folder would add evidence this model never saw
         (output / FLOW_PROFILE_FILE).unlink(missing_ok=True)
+    base_path = run.base_path
     meta = {
-        "base": base_name,
+        "base": run.base_name,
         "base_path": str(Path(base_path).resolve()) if Path(base_path).is_dir() else base_path,
         "backend": tm.backend,
         "quantization": tm.quantization,
@@ -778,46 +865,62 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "max_prompt_tokens": args.max_prompt_tokens,
         "relative_time": encoder.relative_time,
         "short_ids": encoder.short_ids,
-        "langs": sorted({e.lang for e in examples}),
+        "langs": sorted({e.lang for e in run.examples}),
         "evidence": profile is not None,
-        "reference": str(reference) if reference is not None else None,
+        "reference": str(run.reference) if run.reference is not None else None,
         "reference_runs": profile.runs if profile is not None else None,
         "reference_flows": profile.usable_groups if profile is not None else None,
-        "real": str(real) if real is not None else None,
+        "real": str(run.real) if run.real is not None else None,
         "profile": args.profile,
     }
     write_json(output / EXPLAINER_META, meta)
-    calibration = calibrate_threshold(output, held, args, tm.device)
+    calibration = calibrate_threshold(output, run.held, args, tm.device)
     if calibration is not None:
         meta["category_threshold"] = calibration["category_threshold"]
         meta["calibration"] = calibration
         write_json(output / EXPLAINER_META, meta)
-    metrics = {
+    return calibration
+
+
+def _run_metrics(
+    args: TrainLargeArgs,
+    tm: TrainingModel,
+    run: _Run,
+    loop: _Loop,
+    cache: FeatureCache | None,
+    calibration: dict[str, Any] | None,
+    with_text: int,
+    started: float,
+) -> dict[str, Any]:
+    """``metrics.json``: the run's settings, losses, speed and calibration."""
+    steps_run, seconds = loop.step - loop.start_step, loop.loop_seconds
+    history = loop.history
+    return {
         "profile": args.profile,
-        "base": base_name,
+        "base": run.base_name,
         "backend": tm.backend,
         "quantization": tm.quantization,
         "device": tm.device,
-        "steps": step,
+        "steps": loop.step,
         "max_steps": args.max_steps,
-        "stopped_by_time": stopped_by_time,
+        "stopped_by_time": loop.stopped_by_time,
         "batch_size": args.batch_size,
         "grad_accum": args.grad_accum,
         "lr": args.lr,
-        "train_examples": len(train_set),
-        "examples_seen": len(seen),  # by the steps of this run (a resumed run: since the resume)
+        "train_examples": len(run.train_set),
+        "examples_seen": len(loop.seen),  # by the steps of this run (a resumed run: since the resume)
         "examples_with_text": with_text,
-        "heldout_examples": len(held),
+        "heldout_examples": len(run.held),
         "final_loss": history[-1]["loss"] if history else None,
         "first_loss": history[0]["loss"] if history else None,
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(loop.train_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
-        "steps_per_second": round(steps_run / loop_seconds, 4) if loop_seconds > 0 else None,
-        "tokens_per_second": round(tokens_seen / loop_seconds, 2) if loop_seconds > 0 else None,
-        "resumed_from_step": start_step,
+        "steps_per_second": round(steps_run / seconds, 4) if seconds > 0 else None,
+        "tokens_per_second": round(loop.tokens_seen / seconds, 2) if seconds > 0 else None,
+        "resumed_from_step": loop.start_step,
         "feature_cache": cache is not None,
-        "evidence": profile is not None,
-        "real_examples": sum(e.category == OTHER for e in train_set),
+        "evidence": run.profile is not None,
+        "real_examples": sum(e.category == OTHER for e in run.train_set),
         "calibration": calibration,
         "cache_seconds": round(cache.seconds, 2) if cache is not None else None,
         "cuda_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if tm.device.startswith("cuda") else None,
@@ -825,17 +928,6 @@ def run_training(args: TrainLargeArgs) -> TrainResult:
         "args": {f.name: _jsonable(getattr(args, f.name)) for f in fields(args)},
         "history": history,
     }
-    write_json(output / "metrics.json", metrics)
-    log.info(
-        "saved the explainer adapter to %s (%d steps, loss %.4f -> %.4f, %.0f s)",
-        output,
-        step,
-        metrics["first_loss"] or 0.0,
-        metrics["final_loss"] or 0.0,
-        train_seconds,
-    )
-    model.eval()
-    return TrainResult(output, model, tm.tokenizer, metrics)
 
 
 def param_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -847,126 +939,63 @@ def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
+# The help of train-large's flags (one per TrainLargeArgs field; a field without an entry shows its default alone).
+TRAIN_HELP: dict[str, str] = {
+    "data": "instruction records (JSONL/JSON)",
+    "labels": "labels.json (default: beside --data, else the built-in label set)",
+    "output": "the adapter folder to write",
+    "base": "hub id, model folder or 'bundled' (default settings.llm_base)",
+    "device": "auto, cpu, cuda",
+    "dtype": "compute dtype: auto, bf16, fp16, fp32",
+    "lora_alpha": "default 2 x r",
+    "label_weight": "loss weight of the category and severity tokens (1: plain mean)",
+    "lora_layers": "LoRA on the top N decoder layers only (0: all)",
+    "feature_cache": "run the frozen layers below the LoRA once per example (--no-feature-cache: every layer, every step)",
+    "text_fraction": "share of examples trained on the whole answer (the rest: category and severity only)",
+    "max_minutes": "stop the training loop after this many minutes (0: no limit); the LR schedule follows",
+    "limit": "use only the first N records",
+    "train_limit": "train on a seeded sample of N training examples, for several epochs (0: all of them)",
+    "sample": "how --train-limit samples: balanced (the categories in turn, as even as the data allows) or random",
+    "save_every": "checkpoint every N steps (0: never)",
+    "resume": "continue from the last checkpoint in --output",
+    "gradient_checkpointing": "recompute activations (less memory)",
+    "reference": f"normal runs (sequence records) for the flow comparison in the prompts (default: {REFERENCE_FILE} "
+    "beside --data; absent: trained without it)",
+    "evidence": "the comparison with normal runs in the prompts (--no-evidence: none)",
+    "real": f"real-log anomalies, category 'other' (default: {REAL_FILE} beside --data where it exists; "
+    "data_gen/real_anomalies.py writes it)",
+    "calibrate_examples": "held-out records that calibrate the category threshold below which the answer is 'other' "
+    "(0: none)",
+    "other_quantile": "share of held-out known-category records allowed below the threshold",
+    "profile": "training budget: full (the default recipe) or quick (make demo's minutes-long run: "
+    + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in TRAIN_PROFILES["quick"].items())
+    + ", where not given)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``train-large`` flags, one per :class:`TrainLargeArgs` field."""
-    d = TrainLargeArgs()
-    parser.add_argument("--data", type=Path, default=d.data, help="instruction records (JSONL/JSON)")
-    parser.add_argument("--labels", type=Path, default=None, help="labels.json (default: beside --data)")
-    parser.add_argument("--output", type=Path, default=d.output, help="the adapter folder to write")
-    parser.add_argument("--base", default=None, help="hub id, model folder or 'bundled' (default settings.llm_base)")
-    parser.add_argument("--backend", choices=BACKENDS, default=d.backend)
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda")
-    parser.add_argument("--no-quant", dest="quantize", action="store_false", help="plain LoRA on an unquantized base")
-    parser.add_argument("--dtype", default=d.dtype, help="compute dtype: auto, bf16, fp16, fp32")
-    parser.add_argument("--lora-r", type=int, default=d.lora_r)
-    parser.add_argument("--lora-alpha", type=int, default=None, help="default 2 x r")
-    parser.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--label-weight", type=float, default=d.label_weight, help="loss weight of label tokens")
-    parser.add_argument(
-        "--lora-layers", type=int, default=d.lora_layers, help="LoRA on the top N decoder layers only (0: all)"
+    """The ``train-large`` flags, one per :class:`TrainLargeArgs` field (dashes for underscores).
+
+    Two booleans keep their short negative flags: ``--no-quant`` (``quantize``) and ``--no-real``
+    (``use_real``; ``--real`` names the file). A flag not given takes the profile's value, else the default.
+    """
+    add_dataclass_arguments(
+        parser,
+        TrainLargeArgs,
+        TRAIN_HELP,
+        skip=("quantize", "use_real"),
+        choices={"backend": BACKENDS, "sample": SAMPLES, "profile": TRAIN_PROFILES},
     )
-    parser.add_argument(
-        "--text-fraction",
-        type=float,
-        default=d.text_fraction,
-        help="share of examples trained on the whole answer (the rest: category and severity only)",
-    )
-    parser.add_argument(
-        "--no-feature-cache",
-        dest="feature_cache",
-        action="store_false",
-        help="run every layer at every step (default: the frozen layers below the LoRA run once per example)",
-    )
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    parser.add_argument("--max-steps", type=int, default=d.max_steps)
-    parser.add_argument(
-        "--max-minutes",
-        type=float,
-        default=d.max_minutes,
-        help="stop the training loop after this many minutes (0: no limit); the LR schedule follows",
-    )
-    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
-    parser.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
-    parser.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N records")
-    parser.add_argument(
-        "--train-limit",
-        type=int,
-        default=d.train_limit,
-        help="train on a seeded sample of N training examples, for several epochs (0: all of them)",
-    )
-    parser.add_argument(
-        "--sample",
-        choices=SAMPLES,
-        default=d.sample,
-        help="how --train-limit samples: balanced (the categories in turn, as even as the data allows) or random",
-    )
-    parser.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: never)")
-    parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument(
-        "--reference",
-        type=Path,
-        default=None,
-        help=f"normal runs (sequence records) for the flow comparison in the prompts (default: {REFERENCE_FILE} "
-        "beside --data; absent: trained without it)",
-    )
-    parser.add_argument(
-        "--real",
-        type=Path,
-        default=None,
-        help=f"real-log anomalies, category 'other' (default: {REAL_FILE} beside --data where it exists; "
-        "data_gen/real_anomalies.py writes it)",
-    )
-    parser.add_argument("--no-real", dest="use_real", action="store_false", help="train on --data alone")
-    parser.add_argument(
-        "--calibrate-examples",
-        type=int,
-        default=d.calibrate_examples,
-        help="held-out records that calibrate the category threshold below which the answer is 'other' (0: none)",
-    )
-    parser.add_argument(
-        "--other-quantile",
-        type=float,
-        default=d.other_quantile,
-        help="share of held-out known-category records allowed below the threshold",
-    )
-    parser.add_argument(
-        "--profile",
-        choices=tuple(TRAIN_PROFILES),
-        default=d.profile,
-        help="training budget: full (the default recipe) or quick (make demo's minutes-long run: "
-        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in TRAIN_PROFILES["quick"].items())
-        + ", where not given)",
-    )
-    parser.add_argument(
-        "--no-evidence",
-        dest="evidence",
-        action="store_false",
-        help="no comparison with normal runs in the prompts",
-    )
+    parser.add_argument("--no-quant", dest="quantize", action="store_false", default=None,
+                        help="plain LoRA on an unquantized base")  # fmt: skip
+    parser.add_argument("--no-real", dest="use_real", action="store_false", default=None, help="train on --data alone")
     return parser
 
 
 def args_from_namespace(ns: argparse.Namespace) -> TrainLargeArgs:
-    """A :class:`TrainLargeArgs` from parsed flags; a flag left at its default takes the profile's value."""
-    names = {f.name for f in fields(TrainLargeArgs)}
-    defaults = TrainLargeArgs()
-    profile = str(getattr(ns, "profile", defaults.profile))
-    overrides = TRAIN_PROFILES.get(profile, {})
-    given = {
-        k: v
-        for k, v in vars(ns).items()
-        if k in names and k != "profile" and (k not in overrides or v != getattr(defaults, k))
-    }
-    return TrainLargeArgs.for_profile(profile, **given)
+    """A :class:`TrainLargeArgs` from parsed flags: the flags given, the profile's budgets where none is."""
+    options = given(ns, [f.name for f in fields(TrainLargeArgs)])
+    return TrainLargeArgs.for_profile(options.pop("profile", "full"), **options)
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -974,18 +1003,3 @@ def run(ns: argparse.Namespace) -> int:
     path = train_explainer(args_from_namespace(ns))
     print(path)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: ``python -m large_model.train --data ...``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(prog="train-large", description=__doc__.split("\n")[0]))
-    try:
-        return run(parser.parse_args(argv))
-    except LogTriageError as exc:
-        logging.getLogger("logtriage").error("%s", exc)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

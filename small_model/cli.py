@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from core.cli_args import DEVICE_HELP
-from small_model.config import TRAIN_OPTIONS, TRAIN_PROFILES
+from core.cli_args import DEVICE_HELP, add_dataclass_arguments, flag, given
+from small_model.config import DEEPLOG_HELP, TRAIN_HELP, TRAIN_PROFILES, DeepLogConfig, TrainArgs
 
 MODELS = ("moe-bert", "deeplog")
-DEEPLOG_OPTIONS = {"window": int, "top_g": int, "hidden_size": int, "embedding_dim": int}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -24,43 +24,63 @@ def _train(args: argparse.Namespace) -> int:
     if args.model == "deeplog":
         from small_model.deeplog import train_deeplog
 
-        config: dict[str, Any] = {k: getattr(args, k) for k in DEEPLOG_OPTIONS if getattr(args, k) is not None}
-        if args.epochs is not None:
-            config["epochs"] = int(args.epochs)
-        if args.seed is not None:
-            config["seed"] = args.seed
-        out = train_deeplog(
-            args.train,
-            args.val,
-            args.out or "artifacts/deeplog",
-            args.unsupervised,
-            test_path=args.test,
-            progress=not args.no_progress,
-            threads=args.threads,
-            **config,
-        )
+        options = model_options(args)
+        threads = options.pop("threads", None)
+        out = train_deeplog(args.train, args.val, args.out or "artifacts/deeplog", args.unsupervised,
+                            test_path=args.test, progress=args.progress, threads=threads, **options)  # fmt: skip
     else:
-        from small_model.moe_train import TrainArgs, train_detector
+        from small_model.moe_train import train_detector
 
-        options = {k: getattr(args, k) for k in (*TRAIN_OPTIONS, "epochs") if getattr(args, k, None) is not None}
-        train_args = TrainArgs.for_profile(options.pop("profile", "full"), train_file=Path(args.train), val_file=Path(args.val) if args.val else None,
-                               test_file=Path(args.test) if args.test else None,
-                               output_dir=Path(args.out or "artifacts/detector"), unsupervised=args.unsupervised,
-                               progress=not args.no_progress, **options)  # fmt: skip
-        out = train_detector(train_args)
-    metrics_file = Path(out) / "metrics.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-        for split in ("val", "test"):
-            m = metrics.get(split)
-            if isinstance(m, dict) and "f1" in m:
-                print(
-                    f"{split}: F1 {m['f1']:.4f}  ROC-AUC {m.get('roc_auc') or float('nan'):.4f}  "
-                    f"precision {m['precision']:.4f}  recall {m['recall']:.4f}",
-                    file=sys.stderr,
-                )
+        out = train_detector(moe_train_args(args))
+    _print_metrics(Path(out))
     print(out)
     return 0
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given for ``--model``'s model; one of the other model alone is an error."""
+    from core.errors import DataError
+
+    names = _deeplog_names() if args.model == "deeplog" else _moe_names()
+    other = [flag(k) for k in given(args, set(_moe_names()) ^ set(_deeplog_names())) if k not in names]
+    if other:
+        raise DataError(f"{', '.join(other)}: not an option of --model {args.model}")
+    options = given(args, names)
+    if args.model == "deeplog" and "epochs" in options:
+        options["epochs"] = int(options["epochs"])
+    return options
+
+
+def moe_train_args(args: argparse.Namespace) -> TrainArgs:
+    """The :class:`TrainArgs` of parsed train-small flags: a flag not given takes the profile's budget, else the
+    dataclass default."""
+    from core.errors import DataError
+
+    options = model_options(args)
+    try:
+        return TrainArgs.for_profile(options.pop("profile", "full"), train_file=Path(args.train),
+                                     val_file=Path(args.val) if args.val else None,
+                                     test_file=Path(args.test) if args.test else None,
+                                     output_dir=Path(args.out or "artifacts/detector"),
+                                     unsupervised=args.unsupervised, progress=args.progress, **options)  # fmt: skip
+    except ValueError as exc:  # a value out of range (--top-p 2): the user's, one line
+        raise DataError(str(exc)) from None
+
+
+def _print_metrics(folder: Path) -> None:
+    """The val and test figures of a fresh artifact's metrics.json, on stderr."""
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.exists():
+        return
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    for split in ("val", "test"):
+        m = metrics.get(split)
+        if isinstance(m, dict) and "f1" in m:
+            print(
+                f"{split}: F1 {m['f1']:.4f}  ROC-AUC {m.get('roc_auc') or float('nan'):.4f}  "
+                f"precision {m['precision']:.4f}  recall {m['recall']:.4f}",
+                file=sys.stderr,
+            )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -91,6 +111,53 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# TrainArgs' fields that train-small names after the command's words (--train, --out, ...), not after the field
+RUN_FIELDS = ("train_file", "output_dir", "val_file", "test_file", "unsupervised", "progress")
+
+
+def _moe_names() -> list[str]:
+    """The fields of :class:`TrainArgs` that are train-small options (every one but :data:`RUN_FIELDS`)."""
+    return [f.name for f in fields(TrainArgs) if f.name not in RUN_FIELDS]
+
+
+def _deeplog_names() -> list[str]:
+    """The fields of :class:`DeepLogConfig` that are train-small options (all but the fitted vocabulary size),
+    and ``threads``."""
+    return [*(f.name for f in fields(DeepLogConfig) if f.name != "vocab_size"), "threads"]
+
+
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """train-small's flags: one per field of :class:`TrainArgs` and :class:`DeepLogConfig`, defaults from them.
+
+    A flag that both models have shows both defaults; a flag not given leaves the model's default (or its
+    ``--profile``'s budget) in place.
+    """
+    t.add_argument("--model", choices=MODELS, default="moe-bert")
+    t.add_argument("--train", required=True, help="sequence records (JSON/JSONL/CSV)")
+    t.add_argument("--val", help="validation records: calibrate the fusion weights and the threshold")
+    t.add_argument("--test", help="test records: metrics recorded in metrics.json")
+    t.add_argument("--out", help="artifact folder (default artifacts/detector, or artifacts/deeplog)")
+    t.add_argument("--unsupervised", action="store_true", help="label-free: ignore labels, train on normal sequences")
+    t.add_argument("--no-progress", dest="progress", action="store_false")
+    moe, deeplog = _moe_names(), _deeplog_names()
+    both = [name for name in moe if name in deeplog]
+    moe_defaults, deeplog_defaults = TrainArgs.__dataclass_fields__, DeepLogConfig.__dataclass_fields__
+    shared = {}
+    for name in both:
+        defaults = [f"{model} default {fs[name].default}" for model, fs in (("MoE-BERT", moe_defaults),
+                    ("DeepLog", deeplog_defaults)) if name in fs and fs[name].default is not None]  # fmt: skip
+        shared[name] = TRAIN_HELP.get(name, name.replace("_", " ")) + (f" ({', '.join(defaults)})" if defaults else "")
+    group = t.add_argument_group("options of both models")
+    add_dataclass_arguments(group, TrainArgs, shared, skip=[f.name for f in fields(TrainArgs) if f.name not in both],
+                            show_default=False)  # fmt: skip
+    group = t.add_argument_group("MoE-BERT options (small_model.config.TrainArgs)")
+    add_dataclass_arguments(
+        group, TrainArgs, TRAIN_HELP, skip=[*RUN_FIELDS, *both], choices={"profile": TRAIN_PROFILES}
+    )
+    group = t.add_argument_group("DeepLog options (small_model.config.DeepLogConfig)")
+    add_dataclass_arguments(group, DeepLogConfig, DEEPLOG_HELP, skip=["vocab_size", *both])
+
+
 def add_commands(sub: Any) -> None:
     """Register ``train-small`` and ``evaluate-small``."""
     t = sub.add_parser(
@@ -99,26 +166,7 @@ def add_commands(sub: Any) -> None:
         description="Supervised when the training file has labels; --unsupervised trains on the normal or unlabeled "
         "sequences only (label-free scores fused and calibrated). Writes one artifact folder with its metrics.",
     )
-    t.add_argument("--model", choices=MODELS, default="moe-bert")
-    t.add_argument("--train", required=True, help="sequence records (JSON/JSONL/CSV)")
-    t.add_argument("--val", help="validation records: calibrate the fusion weights and the threshold")
-    t.add_argument("--test", help="test records: metrics recorded in metrics.json")
-    t.add_argument("--out", help="artifact folder (default artifacts/detector, or artifacts/deeplog)")
-    t.add_argument("--unsupervised", action="store_true", help="label-free: ignore labels, train on normal sequences")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument(
-        "--epochs", type=float, help="training epochs (MoE-BERT: the head phase; default 1 supervised, 0.5 label-free)"
-    )
-    moe = t.add_argument_group("MoE-BERT options (defaults from small_model.moe_train.TrainArgs)")
-    for name, (kind, text) in TRAIN_OPTIONS.items():
-        if name in DEEPLOG_OPTIONS:
-            continue
-        group = t if name in ("seed", "threads", "profile") else moe
-        choices = tuple(TRAIN_PROFILES) if name == "profile" else None
-        group.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help=text)
-    dl = t.add_argument_group("DeepLog options")
-    for name, kind in DEEPLOG_OPTIONS.items():
-        dl.add_argument("--" + name.replace("_", "-"), type=kind)
+    add_train_arguments(t)
     t.set_defaults(handler=_train)
 
     e = sub.add_parser(

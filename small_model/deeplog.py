@@ -1,6 +1,6 @@
 """DeepLog-style baseline (Du et al., CCS 2017): an LSTM predicts the next Drain3 template id.
 
-    OMP_WAIT_POLICY=PASSIVE python -m small_model.deeplog --train data/splits/train_normal.json \
+    OMP_WAIT_POLICY=PASSIVE logtriage train-small --model deeplog --train data/splits/train_normal.json \
         --val data/splits/val.json --out artifacts/deeplog
 
 Each line of a sequence becomes a template id (``core.templates``, Drain3 over normalized lines).
@@ -28,13 +28,11 @@ the threshold stays at 0.5 (the classic rule) with the configured ``top_g``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -45,12 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from core.errors import DataError, LogTriageError, ModelError
+from core.errors import DataError, ModelError
 from core.io import read_records, write_json
 from core.normalize import Normalizer
 from core.schema import SequenceRecord
 from core.templates import UNKNOWN_TEMPLATE, TemplateMiner
 from small_model.common import weights_digest
+from small_model.config import DeepLogConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,54 +64,6 @@ PAD, END, UNK = 0, 1, 2
 OFFSET = 2
 RiskLevel = Literal["high", "medium", "low"]
 SequencesLike = Sequence[SequenceRecord] | Sequence[Sequence[str]] | Sequence[Mapping[str, Any]]
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class DeepLogConfig:
-    """Hyper-parameters of the LSTM, its training and its decision rule."""
-
-    window: int = 10  # h: how many previous template ids the model sees
-    embedding_dim: int = 32
-    hidden_size: int = 64
-    num_layers: int = 2
-    dropout: float = 0.1  # between the LSTM layers
-    top_g: int = 9  # a true next id outside the g most probable ones is a miss (DeepLog's HDFS setting)
-    predict_end: bool = True  # also predict an end marker after the last line
-    epochs: int = 60
-    batch_size: int = 256
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    seed: int = 42
-    dedupe: bool = True  # train on unique (history, next) windows weighted by their counts: same loss, faster
-    nll_scale: float = 2.0  # nats; how fast the surprise part of the score saturates
-    nll_cap: float = 20.0  # nats counted for an unknown template
-    embed_pooling: Literal["last", "mean"] = "last"  # embed(): hidden state after the last line, or mean over lines
-    drain_sim_threshold: float = 0.4
-    drain_depth: int = 4
-    vocab_size: int = 0  # set by fit: number of templates + 3 (pad, end, unknown)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.window <= 64:
-            raise ValueError(f"window must be in 1..64, got {self.window}")
-        if self.top_g < 1:
-            raise ValueError(f"top_g must be >= 1, got {self.top_g}")
-        if self.num_layers < 1 or self.hidden_size < 1 or self.embedding_dim < 1:
-            raise ValueError("num_layers, hidden_size and embedding_dim must be >= 1")
-        if self.embed_pooling not in ("last", "mean"):
-            raise ValueError(f"embed_pooling must be 'last' or 'mean', got {self.embed_pooling!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeepLogConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # ----------------------------------------------------------------------------- model
@@ -655,43 +606,3 @@ def train_deeplog(
     out = detector.save_pretrained(output_dir)
     logger.info("deeplog: saved %s (version %s) in %.1f s", out, detector.version, metrics["seconds"]["total"])
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m small_model.deeplog``: train and print the artifact path."""
-    p = argparse.ArgumentParser(description="Train the DeepLog-style LSTM baseline.")
-    p.add_argument("--train", required=True, type=Path)
-    p.add_argument("--val", type=Path)
-    p.add_argument("--test", type=Path)
-    p.add_argument("--out", type=Path, default=Path("artifacts/deeplog"))
-    p.add_argument("--unsupervised", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    defaults = DeepLogConfig()
-    for f in fields(DeepLogConfig):
-        if f.name in ("vocab_size", "embed_pooling"):
-            continue
-        value = getattr(defaults, f.name)
-        if isinstance(value, bool):
-            p.add_argument(
-                "--" + f.name.replace("_", "-"), type=lambda s: s.lower() in ("1", "true", "yes"), default=value
-            )
-        else:
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=value)
-    ns = vars(p.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run = {k: ns.pop(k) for k in ("train", "val", "test", "out", "unsupervised", "threads", "no_progress")}
-    try:
-        out = train_deeplog(
-            run["train"], run["val"], run["out"], run["unsupervised"], test_path=run["test"],
-            progress=not run["no_progress"], threads=run["threads"], **ns,
-        )  # fmt: skip
-    except LogTriageError as exc:
-        logger.error("%s", exc)
-        return 2
-    sys.stdout.write(f"{out}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,7 @@ A line's class is its normalized text in the vocabulary of the training lines (`
 its vector carries what the text says, so a line never seen in training still has a meaning. Routing
 is per line. In ``top_p`` mode each line keeps the smallest set of experts whose sorted router
 probabilities reach ``top_p``, renormalised; in ``dense`` mode (training stage 1) every expert runs on
-every line with uniform (or router) weights and nothing is gated.
+every line with equal weights and nothing is gated.
 """
 
 from __future__ import annotations
@@ -113,7 +113,6 @@ class MoELayer(nn.Module):
         super().__init__()
         self.num_experts = config.num_experts
         self.top_p = config.top_p
-        self.dense_weights = config.dense_weights
         self.router = nn.Linear(hidden, config.num_experts, bias=False)
         self.experts = nn.ModuleList(
             Expert(hidden, config.expert_hidden, config.moe_dropout) for _ in range(config.num_experts)
@@ -128,10 +127,7 @@ class MoELayer(nn.Module):
         router_probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)  # (N, E) softmax in float32
         if mode == "dense":
             mask = torch.ones_like(router_probs, dtype=torch.bool)  # (N, E)
-            if self.dense_weights == "uniform":
-                weights = torch.full_like(router_probs, 1.0 / self.num_experts)
-            else:
-                weights = router_probs
+            weights = torch.full_like(router_probs, 1.0 / self.num_experts)  # (N, E) every expert, equal shares
             out = torch.zeros_like(x)
             for e, expert in enumerate(self.experts):
                 out = out + (weights[:, e : e + 1] * expert(x)).to(out.dtype)  # (N, H)

@@ -2,13 +2,15 @@
 
 Supervised (labels in the training file)::
 
-    OMP_WAIT_POLICY=PASSIVE python -m small_model.moe_train --train data/splits/train.json \
+    OMP_WAIT_POLICY=PASSIVE logtriage train-small --train data/splits/train.json \
         --val data/splits/val.json --out artifacts/detector
 
 Label-free (normal or unlabeled sequences only; anomalies in the file are dropped)::
 
-    OMP_WAIT_POLICY=PASSIVE python -m small_model.moe_train --unsupervised \
+    OMP_WAIT_POLICY=PASSIVE logtriage train-small --unsupervised \
         --train data/splits/train_normal.json --val data/splits/val.json --out artifacts/detector-unsup
+
+The arguments are :class:`small_model.config.TrainArgs` (imported here too), one flag per field.
 
 Steps: the frozen BERT line encoder gives every distinct normalized training line its vector (once);
 (a) masked log modeling over the line vectors of normal/unlabeled sequences: lines masked at random
@@ -25,16 +27,14 @@ weights + threshold calibrated on labeled validation data (or a contamination qu
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import os
 import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from core.errors import DataError, LogTriageError
+from core.errors import DataError
 from core.io import read_records
 from core.normalize import Normalizer
 from core.schema import SequenceRecord
-from small_model.config import TRAIN_OPTIONS, TRAIN_PROFILES, DetectorConfig
+from small_model.config import DetectorConfig, TrainArgs
 from small_model.data import length_batches, normalize_lines, perturb_lines, stratified_length_batches
 from small_model.modeling import MoEBertForLogAnomaly, MoEMode, build_model, build_tokenizer, count_parameters
 from small_model.scoring import (
@@ -61,77 +61,6 @@ from small_model.scoring import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainArgs:
-    """Arguments of one training run (the CLI maps its flags onto these)."""
-
-    train_file: Path
-    output_dir: Path = Path("artifacts/detector")
-    val_file: Path | None = None
-    test_file: Path | None = None  # optional: metrics on it go into metrics.json
-    unsupervised: bool = False
-    # model
-    encoder: str = "bundled"
-    num_encoder_layers: int | None = None  # the line encoder's layers (None: all; it runs once per distinct line)
-    max_line_tokens: int = 128
-    max_lines: int = 512
-    seq_layers: int = 2
-    seq_hidden: int = 256
-    num_experts: int = 4
-    top_p: float = 0.8
-    pooling: str = "attention"
-    mask_probability: float = 0.3
-    line_vocab_max: int = 4096  # the line heads' classes: the most frequent normalized training lines
-    # schedule
-    epochs: float | None = None  # head phase; None: 1.0 supervised (BCE), 0.5 label-free (one-class)
-    mlm_epochs: float = 30.0  # masked + forward line modeling, both stages together
-    min_steps: int = 400  # at least this many steps of line modeling (small data sets)
-    max_steps: int = 3000  # at most this many (large ones: the time budget)
-    dense_fraction: float = 0.5  # share of line modeling steps in stage 1 (dense experts)
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    # label-free
-    contamination: float = 0.05
-    knn_k: int = 1  # nearest normal neighbour: near-duplicates of a normal flow (a step missing) stand out
-    bank_size: int = 4096
-    calib_fraction: float = 0.1  # normal training sequences held out for score normalization
-    mlm_weight: float = 1.0  # weight of the line modeling loss kept on normal rows while the head trains
-    mlm_rows: int = 8  # at most this many normal rows of a head batch carry that loss
-    augment: float = 0.25  # supervised: perturbed copies of normal rows added as anomalies, per batch row
-    # run
-    profile: str = "full"  # recorded in the artifact; TrainArgs.for_profile sets a profile's budgets
-    seed: int = 42
-    threads: int | None = None
-    device: str = "cpu"  # or "cuda"
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.profile not in TRAIN_PROFILES:
-            raise DataError(f"unknown profile {self.profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
-
-    @classmethod
-    def for_profile(cls, profile: str = "full", **kwargs: Any) -> TrainArgs:
-        """The arguments of a run with ``profile``'s budgets (:data:`TRAIN_PROFILES`) where ``kwargs`` set none."""
-        if profile not in TRAIN_PROFILES:
-            raise DataError(f"unknown profile {profile!r} (use one of {', '.join(TRAIN_PROFILES)})")
-        return cls(**{**TRAIN_PROFILES[profile], **kwargs, "profile": profile})
-
-    @property
-    def head_epochs(self) -> float:
-        """Epochs of the head phase: ``epochs``, else 1.0 supervised and 0.5 label-free."""
-        if self.epochs is not None:
-            return self.epochs
-        return 0.5 if self.unsupervised else 1.0
-
-    def steps(self, epochs: float, examples: int, batch: int | None = None) -> int:
-        """Optimizer steps for ``epochs`` over ``examples``, within ``min_steps`` and ``max_steps``."""
-        wanted = math.ceil(epochs * examples / (batch or self.batch_size))
-        return max(1, min(self.max_steps, max(self.min_steps, wanted)))
 
 
 @dataclass
@@ -498,22 +427,35 @@ def evaluate(detector: MoEBertDetector, data: Prepared) -> dict[str, Any] | None
 
 
 def detector_config(args: TrainArgs) -> DetectorConfig:
-    """The model config a run builds, from its arguments."""
-    return DetectorConfig(
-        encoder=args.encoder,
-        num_encoder_layers=args.num_encoder_layers,
-        max_line_tokens=args.max_line_tokens,
-        max_lines=args.max_lines,
-        seq_layers=args.seq_layers,
-        seq_hidden=args.seq_hidden,
-        num_experts=args.num_experts,
-        top_p=args.top_p,
-        pooling=args.pooling,  # type: ignore[arg-type]
-        knn_k=args.knn_k,
-        mask_probability=args.mask_probability,
-        profile=args.profile,
-        **args.extra,
-    )
+    """The model config a run builds: the run's detector options."""
+    return DetectorConfig(**args.options())
+
+
+def hold_out_normal(train: Prepared, args: TrainArgs, rng: random.Random) -> tuple[list[int], list[int], set[int]]:
+    """The normal (or unlabeled) sequences to train on, those held out of all training as the reference of the
+    score normalization (the training ones where too few), and the held-out set (empty then)."""
+    normal_idx = [i for i, y in enumerate(train.labels) if y != 1]
+    dropped = len(train.labels) - len(normal_idx)
+    if args.unsupervised and dropped:
+        logger.warning("label-free training: dropping %d sequences labeled anomalous", dropped)
+    rng.shuffle(normal_idx)
+    n_calib = min(1000, max(1, int(args.calib_fraction * len(normal_idx)))) if len(normal_idx) > 10 else 0
+    calib_idx, normal_idx = normal_idx[:n_calib], normal_idx[n_calib:]
+    if not calib_idx:  # too few normal sequences to hold any out: normalize on the training ones
+        calib_idx = list(normal_idx)
+    return normal_idx, calib_idx, set(calib_idx) if n_calib else set()
+
+
+def build_detector(
+    config: DetectorConfig, normal_lines: Sequence[Sequence[str]], normalizer: Normalizer, args: TrainArgs
+) -> MoEBertDetector:
+    """A fresh detector: its line classes the most frequent normal training lines, on ``args.device``."""
+    if args.line_vocab_max > 0:
+        counts = Counter(line for seq in normal_lines for line in seq)
+        config.line_vocab = sorted(counts, key=lambda line: (-counts[line], line))[: args.line_vocab_max]
+    tokenizer = build_tokenizer(config)
+    model = build_model(config, tokenizer).to(args.device)
+    return MoEBertDetector(model, tokenizer, normalizer)
 
 
 def train_detector(args: TrainArgs) -> Path:
@@ -537,24 +479,10 @@ def train_detector(args: TrainArgs) -> Path:
     val = load_split(Path(args.val_file), normalizer, "validation") if args.val_file else None
     test = load_split(Path(args.test_file), normalizer, "test") if args.test_file else None
 
-    normal_idx = [i for i, y in enumerate(train.labels) if y != 1]
-    dropped = len(train.labels) - len(normal_idx)
-    if args.unsupervised and dropped:
-        logger.warning("label-free training: dropping %d sequences labeled anomalous", dropped)
-    rng.shuffle(normal_idx)
-    # normal sequences held out of all training: the reference for score normalization
-    n_calib = min(1000, max(1, int(args.calib_fraction * len(normal_idx)))) if len(normal_idx) > 10 else 0
-    calib_idx, normal_idx = normal_idx[:n_calib], normal_idx[n_calib:]
-    if not calib_idx:  # too few normal sequences to hold any out: normalize on the training ones
-        calib_idx = list(normal_idx)
-    held_out = set(calib_idx) if n_calib else set()
+    normal_idx, calib_idx, held_out = hold_out_normal(train, args, rng)
     normal_lines = [train.lines[i] for i in normal_idx]
-    if args.line_vocab_max > 0:
-        counts = Counter(line for seq in normal_lines for line in seq)
-        config.line_vocab = sorted(counts, key=lambda line: (-counts[line], line))[: args.line_vocab_max]
-    tokenizer = build_tokenizer(config)
-    model = build_model(config, tokenizer).to(args.device)
-    detector = MoEBertDetector(model, tokenizer, normalizer)
+    detector = build_detector(config, normal_lines, normalizer, args)
+    model = detector.model
     # training keeps the rows of its sequences for the whole run: the line cache never starts afresh
     cache_limit, detector.vectors.max_lines = detector.vectors.max_lines, sys.maxsize
     batcher = Batcher(detector, rng, gen)
@@ -590,75 +518,42 @@ def train_detector(args: TrainArgs) -> Path:
     t_cal = time.perf_counter()
     cpu_train = time.process_time() - cpu0
 
+    seconds = {
+        "lines": round(t_mlm - t0, 1),
+        "head": round(t_head - t_mlm, 1),
+        "calibration": round(t_cal - t_head, 1),
+        "train_total": round(t_cal - t0, 1),  # data checks to calibrated detector
+        "train_process_cpu": round(cpu_train, 1),  # CPU time of this process (all threads)
+    }
     metrics: dict[str, Any] = {
         "mode": cal.mode,
         "train_file": str(args.train_file),
         "n_train_sequences": len(train.lines),
         "n_normal_sequences": len(normal),
         "distinct_lines": len(detector.vectors),
-        "seconds": {
-            "lines": round(t_mlm - t0, 1),
-            "head": round(t_head - t_mlm, 1),
-            "calibration": round(t_cal - t_head, 1),
-            "train_total": round(t_cal - t0, 1),  # data checks to calibrated detector
-            "train_process_cpu": round(cpu_train, 1),  # CPU time of this process (all threads)
-        },
+        "seconds": seconds,
         "threads": torch.get_num_threads(),
         "history": history,
         "calibration": {**cal.to_dict(), **notes},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
     }
+    return save_with_metrics(detector, metrics, batcher, normal, val, test, args.output_dir)
+
+
+def save_with_metrics(
+    detector: MoEBertDetector, metrics: dict[str, Any], batcher: Batcher, normal: Sequence[Encoded],
+    val: Prepared | None, test: Prepared | None, output_dir: Path,
+) -> Path:  # fmt: skip
+    """Expert usage and the validation and test metrics added to the run's ``metrics``; the artifact saved."""
+    started = time.perf_counter()
     metrics["expert_usage"] = expert_usage(batcher, normal)
     if val is not None:
         metrics["val"] = evaluate(detector, val)
-        metrics["val_used_for_calibration"] = cal.threshold_source == "validation"
+        metrics["val_used_for_calibration"] = detector.calibration.threshold_source == "validation"
     if test is not None:
         metrics["test"] = evaluate(detector, test)
-    metrics["seconds"]["evaluation"] = round(time.perf_counter() - t_cal, 1)
+    metrics["seconds"]["evaluation"] = round(time.perf_counter() - started, 1)
     detector.metrics = metrics
-    out = detector.save_pretrained(args.output_dir)
+    out = detector.save_pretrained(output_dir)
     logger.info("saved %s (version %s); trained in %.0f s", out, detector.version, metrics["seconds"]["train_total"])
     return out
-
-
-def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
-    """Command-line flags onto :class:`TrainArgs`."""
-    p = argparse.ArgumentParser(description="Train the MoE-BERT log anomaly detector.")
-    p.add_argument("--train", required=True, type=Path)
-    p.add_argument("--val", type=Path)
-    p.add_argument("--test", type=Path)
-    p.add_argument("--out", type=Path, default=Path("artifacts/detector"))
-    p.add_argument("--unsupervised", action="store_true")
-    p.add_argument("--epochs", type=float, help="head phase epochs (default 1 supervised, 0.5 label-free)")
-    for name, (kind, text) in TRAIN_OPTIONS.items():  # unset: the profile's value, else TrainArgs' default
-        choices = tuple(TRAIN_PROFILES) if name == "profile" else None
-        p.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help=text)
-    p.add_argument("--no-progress", action="store_true")
-    ns = p.parse_args(argv)
-    kwargs = {k: v for k, v in vars(ns).items() if k in (*TRAIN_OPTIONS, "epochs") and v is not None}
-    return TrainArgs.for_profile(
-        kwargs.pop("profile", "full"),
-        train_file=ns.train,
-        val_file=ns.val,
-        test_file=ns.test,
-        output_dir=ns.out,
-        unsupervised=ns.unsupervised,
-        progress=not ns.no_progress,
-        **kwargs,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m small_model.moe_train``: train and print the artifact path."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        out = train_detector(parse_args(argv))
-    except LogTriageError as exc:
-        logger.error("%s", exc)
-        return 2
-    sys.stdout.write(f"{out}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -54,7 +54,7 @@ def tiny_detector_path(synthetic: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("detector") / "artifact"
     args = TrainArgs(train_file=synthetic / "train.json", val_file=synthetic / "val.json", output_dir=out,
                      encoder="mini-scratch", threads=1, progress=False, batch_size=16, epochs=6.0, mlm_epochs=1.0,
-                     lr=2e-3, seq_hidden=48, min_steps=1, extra=dict(TINY_BERT))  # fmt: skip
+                     lr=2e-3, seq_hidden=48, min_steps=1, **TINY_BERT)  # fmt: skip
     return train_detector(args)
 
 

@@ -18,7 +18,7 @@ def run(
     args: list[str], env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "logtriage", *args],
         capture_output=True,
         text=True,
         input=stdin,
@@ -44,8 +44,12 @@ def test_detect_file_json_and_human(tiny_detector_path: Path, synthetic: Path) -
     assert human.returncode == 0 and "score=" in human.stdout and "windows," in human.stderr
 
 
-def test_detect_stdin_and_logs_with_windows(tiny_detector_path: Path, test_sequences: list[dict[str, Any]]) -> None:
+def test_detect_stdin_and_logs_with_windows(
+    tiny_detector_path: Path, test_sequences: list[dict[str, Any]], tmp_path: Path
+) -> None:
     lines = [line for s in test_sequences[:3] for line in s["log_entries"]]
+    spool = tmp_path / "tmp"
+    spool.mkdir()
     r = run(
         [
             "detect",
@@ -61,9 +65,11 @@ def test_detect_stdin_and_logs_with_windows(tiny_detector_path: Path, test_seque
             "--json",
         ],
         stdin="\n".join(lines) + "\n",
+        env={"TMPDIR": str(spool)},
     )
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == len(range(0, len(lines) - 6, 3)) + 1
+    assert not any(spool.iterdir())  # the copy of stdin is gone
     r = run(["detect", "--logs", *lines[:12], "--window-size", "6", "--detector", str(tiny_detector_path), "--json"])
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 2
 

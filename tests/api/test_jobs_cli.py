@@ -6,9 +6,9 @@ import asyncio
 import json
 from typing import Any
 
-from api.cli import main
 from db import queue
 from db.session import Database
+from logtriage.cli import main
 from tests.db.conftest import db  # noqa: F401  (a migrated database)
 from tests.db.test_queue import add_detections, enqueue_all
 

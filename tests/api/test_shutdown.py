@@ -50,7 +50,7 @@ def service_env(db_url: str, stub: StubLLM, explainer: Path, **settings: Any) ->
 def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``logtriage ARGS`` as a child process (output to ``log``); killed at the end if still running."""
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "api.cli", *args], cwd=REPO, env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", "logtriage", *args], cwd=REPO, env=env, stdout=out, stderr=out)
     try:
         yield proc
     finally:

@@ -39,7 +39,7 @@ def test_tail_follows_a_growing_rotated_file_and_reports_the_anomalous_session(
     log.write_text("old line written before tail started: not read\n", encoding="utf-8")
     env = {**os.environ, "LOGTRIAGE_DETECTOR_PATH": str(tiny_detector_path), "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "tail", str(log), "--session-key", "service_window",
+        [sys.executable, "-m", "logtriage", "tail", str(log), "--session-key", "service_window",
          "--window-seconds", "86400", "--idle", "1.5", "--poll", "0.1", "--json"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -82,7 +82,7 @@ def test_tail_reads_stdin_until_it_ends_and_stores(
     db = tmp_path / "tail.db"
     env = {**os.environ, "LOGTRIAGE_DETECTOR_PATH": str(tiny_detector_path), "OMP_WAIT_POLICY": "PASSIVE"}
     done = subprocess.run(
-        [sys.executable, "-m", "api.cli", "tail", "-", "--session-key", "regex", "--key-regex", r"req=(\d+)$",
+        [sys.executable, "-m", "logtriage", "tail", "-", "--session-key", "regex", "--key-regex", r"req=(\d+)$",
          "--json", "--store", "--database-url", f"sqlite+aiosqlite:///{db}"],
         cwd=REPO, env=env, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -90,6 +90,6 @@ def test_tail_reads_stdin_until_it_ends_and_stores(
     out = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(o["sequence_id"], o["close_reason"]) for o in out] == [("re:0", "flush"), ("re:1", "flush")]
     assert all(o["id"] for o in out) and "2 sessions" in done.stderr
-    bad = subprocess.run([sys.executable, "-m", "api.cli", "tail", str(tmp_path / "missing.log")], cwd=REPO, env=env,
+    bad = subprocess.run([sys.executable, "-m", "logtriage", "tail", str(tmp_path / "missing.log")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "missing.log: no such file" in bad.stderr

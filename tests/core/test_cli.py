@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from core.io import read_records
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "logtriage", *args], capture_output=True, text=True, cwd=cwd, timeout=120
     )
 
 
@@ -67,3 +68,38 @@ def test_empty_input_fails_cleanly(tmp_path: Path) -> None:
     result = run_cli("prepare", str(empty), "-o", str(tmp_path / "o.json"))
     assert result.returncode == 2 and "no log lines" in result.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_command_options_override_settings_without_touching_the_cached_ones(monkeypatch: Any) -> None:
+    from core.settings import get_settings, settings_with
+
+    monkeypatch.setenv("LOGTRIAGE_WORKERS", "3")
+    get_settings.cache_clear()
+    try:
+        cached = get_settings()
+        mine = settings_with(database_url="sqlite+aiosqlite:///x.db", workers=None)
+        assert mine.database_url == "sqlite+aiosqlite:///x.db" and mine.workers == 3  # None: the environment's
+        assert get_settings() is cached and cached.database_url != mine.database_url
+    finally:
+        get_settings.cache_clear()
+
+
+def test_run_cli_turns_every_failure_into_one_line(capsys: Any, monkeypatch: Any) -> None:
+    from core.cli_args import run_cli
+    from core.errors import DataError
+
+    def fail(exc: BaseException) -> Any:
+        def body() -> int:
+            raise exc
+
+        return body
+
+    monkeypatch.delenv("LOGTRIAGE_DEBUG", raising=False)
+    assert run_cli(fail(DataError("bad line", "f.log", 3))) == 2
+    assert run_cli(fail(FileNotFoundError(2, "No such file or directory", "x.log"))) == 2
+    assert run_cli(fail(RuntimeError("boom"))) == 1
+    assert run_cli(fail(KeyboardInterrupt())) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and "f.log" in err[0]
+    assert err[1] == "error: x.log: No such file or directory"
+    assert err[2].startswith("error: unexpected RuntimeError: boom") and err[3] == "interrupted"

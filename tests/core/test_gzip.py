@@ -184,7 +184,7 @@ def test_prepare_cli_reads_and_writes_gzip(tmp_path: Path, loghub_dir: Path) -> 
     log = tmp_path / "BGL_2k.log"
     log.write_bytes((loghub_dir / "BGL" / "BGL_2k.log").read_bytes())
     packed, out = gzipped(log), tmp_path / "bgl.jsonl.gz"
-    cmd = [sys.executable, "-m", "api.cli", "prepare", str(packed), "--input-format", "BGL", "-o", str(out)]
+    cmd = [sys.executable, "-m", "logtriage", "prepare", str(packed), "--input-format", "BGL", "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert dicts(read_records(out)) == dicts(list(labelled_windows(log)))

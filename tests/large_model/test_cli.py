@@ -1,4 +1,4 @@
-"""The explainer's commands, run in process through ``python -m large_model.cli``'s main."""
+"""The explainer's commands, run in process through the ``logtriage`` command's main."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from large_model import cli
 from large_model.train import TrainLargeArgs, TrainResult, args_from_namespace
+from logtriage.cli import main
 from tests.large_model.conftest import TOY_LABELS
 
 
@@ -29,11 +30,16 @@ def test_add_commands_registers_three_handlers() -> None:
     handlers = cli.add_commands(parser.add_subparsers(dest="command"))
     assert set(handlers) == {"train-large", "explain", "evaluate-large"}
     ns = parser.parse_args(["train-large"])
-    assert ns.func is handlers["train-large"] and ns.handler is handlers["train-large"]
+    assert ns.handler is handlers["train-large"]
     assert args_from_namespace(ns) == TrainLargeArgs()  # the flags' defaults are the dataclass's
     quick = args_from_namespace(parser.parse_args(["train-large", "--profile", "quick", "--max-steps", "5"]))
     assert quick == TrainLargeArgs.for_profile("quick", max_steps=5)  # the profile's budgets, the flag wins
     assert quick.max_steps == 5 and quick.train_limit != TrainLargeArgs().train_limit and quick.profile == "quick"
+    # a flag given with the full recipe's value still wins over the profile's budget
+    same = args_from_namespace(parser.parse_args(["train-large", "--profile", "quick", "--max-steps", "640"]))
+    assert same.max_steps == 640 and same.train_limit == TrainLargeArgs.for_profile("quick").train_limit
+    flags = args_from_namespace(parser.parse_args(["train-large", "--no-quant", "--no-real", "--no-evidence"]))
+    assert (flags.quantize, flags.use_real, flags.evidence) == (False, False, False)
 
 
 def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,7 +52,7 @@ def test_explain_prints_one_json_explanation(label_model_dir: Path, capsys: pyte
     argv = ["explain", "--model", str(label_model_dir), "--device", "cpu", "--dtype", "fp32", "--backend", "inprocess"]
     for line in lines:
         argv += ["--line", line]
-    assert cli.main(argv) == 0
+    assert main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip())
     assert out["category"] == "permission_error" and out["severity"] == "low"
     assert out["suggested_response"] and out["model"] and out["base"]
@@ -61,7 +67,7 @@ def test_explain_reads_plain_log_files_with_bad_bytes(
         b"ERROR orders db pool error\nINFO orders request done\n"
     )
     argv = ["explain", "--model", str(label_model_dir), "--input", str(log_file), "--device", "cpu"]
-    assert cli.main([*argv, "--dtype", "fp32", "--backend", "inprocess", "--max-new-tokens", "8"]) == 0
+    assert main([*argv, "--dtype", "fp32", "--backend", "inprocess", "--max-new-tokens", "8"]) == 0
     assert json.loads(capsys.readouterr().out)["category"] == "database_error"
 
 
@@ -79,9 +85,9 @@ def test_errors_are_one_line_exit_2(label_model_dir: Path, tmp_path: Path, capsy
         "--backend",
         "inprocess",
     ]
-    assert cli.main(argv) == 2
+    assert main(argv) == 2
     assert "empty log sequence" in capsys.readouterr().err
-    assert cli.main(["explain", "--model", str(tmp_path / "nothing"), "--backend", "inprocess"]) == 2
+    assert main(["explain", "--model", str(tmp_path / "nothing"), "--backend", "inprocess"]) == 2
 
 
 def test_evaluate_large_reports_tuned_and_base(
@@ -89,7 +95,7 @@ def test_evaluate_large_reports_tuned_and_base(
 ) -> None:
     report = tmp_path / "eval.json"
     argv = ["evaluate-large", "--model", str(trained.output), "--limit", "3", "--compare-base", "--device", "cpu"]
-    assert cli.main([*argv, "--dtype", "fp32", "--max-new-tokens", "2", "--report", str(report), "--no-progress"]) == 0
+    assert main([*argv, "--dtype", "fp32", "--max-new-tokens", "2", "--report", str(report), "--no-progress"]) == 0
     data = json.loads(report.read_text())
     assert set(data["reports"]) == {"tuned", "base"}
     tuned = data["reports"]["tuned"]

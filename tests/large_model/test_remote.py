@@ -163,7 +163,7 @@ def test_an_explanation_logs_nothing_at_info(
     served: tuple[Path, CompletionsServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Logging as `logtriage serve` sets it up: the HTTP client's line per request (5 per explanation) is gone."""
-    from api.cli import CHATTY_LOGGERS, configure_logging
+    from logtriage.cli import CHATTY_LOGGERS, configure_logging
 
     folder, server = served
     client = httpx.Client(transport=httpx.WSGITransport(app=server), base_url="http://vllm")

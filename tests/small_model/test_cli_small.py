@@ -13,7 +13,7 @@ import pytest
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "logtriage", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -154,7 +154,7 @@ def test_moe_layer_top_p_matches_a_per_token_computation() -> None:
 
 def test_dense_mode_uses_every_expert_with_uniform_weights() -> None:
     torch.manual_seed(0)
-    layer = MoELayer(tiny_config(dense_weights="uniform"), hidden=32).eval()
+    layer = MoELayer(tiny_config(), hidden=32).eval()
     hidden = torch.randn(1, 4, 32)
     out = layer(hidden, torch.ones(1, 4, dtype=torch.long), "dense")
     assert out.expert_mask.all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -13,7 +14,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from core.errors import DataError
-from small_model.moe_train import TrainArgs, detector_config, parse_args, train_detector
+from small_model.cli import add_train_arguments, moe_train_args
+from small_model.moe_train import TrainArgs, detector_config, train_detector
 from small_model.scoring import MoEBertDetector
 
 torch.set_num_threads(1)
@@ -100,7 +102,7 @@ def tiny_args(tmp: Path, **overrides: Any) -> TrainArgs:
     base: dict[str, Any] = dict(
         train_file=tmp / "train.json", output_dir=tmp / "artifact", encoder="mini-scratch", threads=1,
         progress=False, batch_size=16, epochs=1.0, mlm_epochs=4.0, lr=2e-3, seq_hidden=48, min_steps=1,
-        extra=dict(TINY),
+        **TINY,
     )  # fmt: skip
     base.update(overrides)
     return TrainArgs(**base)
@@ -265,6 +267,13 @@ def test_bad_data_fails_with_a_clear_message_before_training(tmp_path: Path) -> 
     _fails_before_training(tmp_path, mixed, "no such file", val_file=tmp_path / "missing.json")
 
 
+def parse_args(argv: list[str]) -> TrainArgs:
+    """``logtriage train-small``'s flags as its handler reads them."""
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return moe_train_args(parser.parse_args(argv))
+
+
 def test_cli_flags_map_onto_train_args() -> None:
     args = parse_args(["--train", "t.json", "--out", "o", "--unsupervised", "--epochs", "2", "--max-lines", "64"])
     assert args.unsupervised and args.epochs == 2.0 and args.max_lines == 64
@@ -276,6 +285,16 @@ def test_cli_flags_map_onto_train_args() -> None:
     config = detector_config(defaults)
     assert config.mask_probability == 0.4 and config.top_p == 0.6
     assert defaults.steps(10.0, 32) == defaults.min_steps and defaults.steps(1e6, 10**6) == defaults.max_steps
+    # every option of the detector's config and of the run is a flag; the defaults are the dataclass's
+    every = parse_args(["--train", "t.json", "--seq-heads", "8", "--no-add-placeholder-tokens", "--augment", "0.5",
+                        "--device", "cpu", "--calib-fraction", "0.2"])  # fmt: skip
+    assert every.seq_heads == 8 and not every.add_placeholder_tokens and every.augment == 0.5
+    assert detector_config(every).seq_heads == 8 and every.calib_fraction == 0.2
+    assert parse_args(["--train", "t.json"]) == TrainArgs(
+        train_file=Path("t.json"), output_dir=Path("artifacts/detector")
+    )
+    with pytest.raises(DataError, match="--top-g: not an option of --model moe-bert"):
+        parse_args(["--train", "t.json", "--top-g", "3"])
 
 
 def swapped_lines(rng: random.Random) -> list[str]:

@@ -38,7 +38,7 @@ def hdfs_detector(tmp_path_factory: pytest.TempPathFactory) -> MoEBertDetector:
     args = TrainArgs(
         train_file=FIXTURES / "hdfs_train_normal.jsonl.gz", output_dir=out, unsupervised=True,
         encoder="mini-scratch", seq_hidden=48, max_lines=32, threads=1, progress=False, batch_size=16,
-        mlm_epochs=8.0, epochs=0.2, min_steps=1, lr=2e-3, extra=dict(TINY),
+        mlm_epochs=8.0, epochs=0.2, min_steps=1, lr=2e-3, **TINY,
     )  # fmt: skip
     return MoEBertDetector.from_pretrained(train_detector(args))
 

@@ -3,6 +3,7 @@
 Each part registers its own subcommands (``add_commands(subparsers)``); handlers import heavy
 libraries only when they run, so ``logtriage --help`` stays fast. Errors meant for users print
 as one line (``error: ...``) with exit code 2; no traceback unless ``LOGTRIAGE_DEBUG=1``.
+This is the one module outside ``api/`` that imports it (to register its commands).
 """
 
 from __future__ import annotations
@@ -12,42 +13,23 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
-from core.cli_args import add_window_arguments
-from core.errors import LogTriageError
+from core.cli_args import run_cli
 
 Handler = Callable[[argparse.Namespace], int]
 log = logging.getLogger("logtriage")
+OWN_PACKAGES = ("core", "data_gen", "small_model", "large_model", "db", "api", "logtriage")
 
-
-def _prepare(args: argparse.Namespace) -> int:
-    import itertools
-
-    from core.io import write_records
-    from core.prepare import records_from_file
-
-    records = records_from_file(
-        args.input, args.input_format, args.window_type, args.window_size, args.step, args.session_key, args.field
-    )
-    first = next(records, None)
-    if first is None:  # checked before anything is written
-        raise LogTriageError(f"{args.input}: no log lines to window")
-    count = write_records(args.output, itertools.chain([first], records))
-    print(f"{count} sequences -> {args.output}")
-    return 0
-
-
-def _add_core_commands(sub: Any) -> None:
-    p = sub.add_parser(
-        "prepare",
-        help="turn raw logs (text, JSON events, loghub) into sequence records",
-        description="Window a raw log into sequence records (JSON/JSONL/CSV by the output suffix).",
-    )
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
-    add_window_arguments(p)
-    p.set_defaults(handler=_prepare)
+# the modules whose ``add_commands(subparsers)`` register the subcommands, in --help's order
+COMMAND_MODULES = (
+    "core.prepare",  # prepare
+    "small_model.cli",  # train-small, evaluate-small
+    "large_model.cli",  # train-large, explain, evaluate-large
+    "small_model.clustering",  # cluster, analyze-clusters
+    "api.detect_cli",  # detect
+    "api.tail_cli",  # tail
+    "api.serve_cli",  # serve, worker, jobs
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,21 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logtriage", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_core_commands(sub)
-    for module_name in (
-        "small_model.cli",
-        "large_model.cli",
-        "small_model.clustering",
-        "api.detect_cli",
-        "api.tail_cli",
-        "api.serve_cli",
-    ):
+    for module_name in COMMAND_MODULES:
         try:
             module = __import__(module_name, fromlist=["add_commands"])
         except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that part is not installed in this build
-            raise
+            if (exc.name or "").split(".")[0] in OWN_PACKAGES and not module_name.startswith(exc.name or "-"):
+                raise  # a module of ours is missing: a bug, not a partial install
+            log.debug("no %s commands: %s is not installed", module_name, exc.name)
+            continue  # that part, or a library only it needs, is not installed in this build (a GPU box)
         module.add_commands(sub)
     return parser
 
@@ -97,19 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 1
-    try:
-        return handler(args)
-    except LogTriageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # the last line of defence: one line, never a traceback
-        if os.environ.get("LOGTRIAGE_DEBUG"):
-            raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (LOGTRIAGE_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
+    return run_cli(lambda: handler(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The ``logtriage`` command: one entry point that registers every part's subcommands."""
