@@ -51,6 +51,7 @@ from core.normalize import Normalizer
 from core.schema import SequenceRecord
 from core.templates import UNKNOWN_TEMPLATE, TemplateMiner
 from small_model.common import weights_digest
+from small_model.detector import DetectorKind
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +231,8 @@ class Calibration:
 
 class DeepLogDetector:
     """Template mining + next-template LSTM + decision rule, saved and loaded as one folder."""
+
+    kind: DetectorKind = "deeplog"
 
     def __init__(
         self,
