@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in (
         "small_model.cli",
         "large_model.cli",
-        "small_model.clustering",
+        "small_model.clusters.cli",
         "api.detect_cli",
         "api.tail_cli",
         "api.serve_cli",
