@@ -114,7 +114,7 @@ async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path:
     metrics = Metrics()
     clusterer = None
     if settings.cluster_path is not None:
-        from small_model.clustering import ClusterModel
+        from small_model.clusters.model import ClusterModel
 
         clusterer = await asyncio.to_thread(ClusterModel.from_pretrained, settings.cluster_path)
     detector = DetectorService(

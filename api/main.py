@@ -40,7 +40,7 @@ def load_models(settings: Settings) -> tuple[Any, Any, Any]:
 
         explainer = load_explainer(settings.explainer_path, settings=settings)
     if settings.cluster_path is not None:
-        from small_model.clustering import ClusterModel
+        from small_model.clusters.model import ClusterModel
 
         clusterer = ClusterModel.from_pretrained(settings.cluster_path)
         fitted_on = str(clusterer.meta.get("detector_version") or "")

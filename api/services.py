@@ -17,29 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import numpy as np
-
 from api.batching import MicroBatcher
 from api.llm_health import LLMHealth
 from api.metrics import Metrics
 from core.settings import Settings
+from small_model.detector import Detector
 
 log = logging.getLogger(__name__)
 HIGH_RISK = 0.85
-
-
-class Detector(Protocol):
-    """What the service needs of a detector (MoE-BERT or the DeepLog baseline)."""
-
-    @property
-    def threshold(self) -> float: ...
-
-    @property
-    def version(self) -> str: ...
-
-    def score(self, sequences: list[list[str]]) -> np.ndarray: ...
-
-    def line_contributions_many(self, sequences: list[list[str]]) -> list[list[float]]: ...
 
 
 class Clusterer(Protocol):

@@ -42,16 +42,10 @@ import torch
 from core.io import read_records, write_records
 from core.loghub import chronological_split, labelled_windows
 from core.schema import SequenceRecord
-from small_model.cluster_model import ClassifierConfig
-from small_model.clustering import (
-    BirchConfig,
-    ClusterConfig,
-    ClusterModel,
-    FeatureConfig,
-    cluster_metrics,
-    format_metrics,
-    load_feature_model,
-)
+from small_model.clusters.config import BirchConfig, ClassifierConfig, ClusterConfig, FeatureConfig
+from small_model.clusters.features import load_feature_model
+from small_model.clusters.matching import cluster_metrics, format_metrics
+from small_model.clusters.model import ClusterModel
 
 log = logging.getLogger("eval_clustering")
 SPLITS = Path("data/splits")

@@ -35,8 +35,8 @@ import torch
 
 from core.io import read_records, write_records
 from core.schema import SequenceRecord
+from small_model.detector import Detector
 from small_model.evaluate import (
-    ScoringDetector,
     compare_table,
     deeplog_trainer,
     evaluate_bgl,
@@ -90,10 +90,10 @@ def deeplog(train: Path, val: Path | None, test: list[SequenceRecord], out: Path
     return _row(name, "synthetic hard test", report, seconds)
 
 
-def moe_bgl_trainer(**kw: Any) -> Callable[[list[SequenceRecord], Path], ScoringDetector]:
+def moe_bgl_trainer(**kw: Any) -> Callable[[list[SequenceRecord], Path], Detector]:
     """A trainer for :func:`evaluate_bgl`: label-free MoE-BERT on the normal training windows."""
 
-    def train(records: list[SequenceRecord], folder: Path) -> ScoringDetector:
+    def train(records: list[SequenceRecord], folder: Path) -> Detector:
         data = folder.parent / "train_windows.json"
         write_records(data, records)
         args = TrainArgs(train_file=data, output_dir=folder, unsupervised=True, progress=False, **kw)

@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "core.prepare",  # prepare
     "small_model.cli",  # train-small, evaluate-small
     "large_model.cli",  # train-large, explain, evaluate-large
-    "small_model.clustering",  # cluster, analyze-clusters
+    "small_model.clusters.cli",  # cluster, analyze-clusters
     "api.detect_cli",  # detect
     "api.tail_cli",  # tail
     "api.serve_cli",  # serve, worker, jobs

@@ -50,6 +50,7 @@ from core.schema import SequenceRecord
 from core.templates import UNKNOWN_TEMPLATE, TemplateMiner
 from small_model.common import weights_digest
 from small_model.config import DeepLogConfig
+from small_model.detector import DetectorKind
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ class Calibration:
 
 class DeepLogDetector:
     """Template mining + next-template LSTM + decision rule, saved and loaded as one folder."""
+
+    kind: DetectorKind = "deeplog"
 
     def __init__(
         self,

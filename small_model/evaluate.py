@@ -1,7 +1,7 @@
 """Model-agnostic evaluation of anomaly scores: metrics, a report folder, comparison tables, BGL.
 
-Any detector with ``score(list[list[str]]) -> np.ndarray`` and ``threshold`` fits (MoE-BERT,
-DeepLog); ``embed`` adds the t-SNE plots.
+Any :class:`~small_model.detector.Scorer` fits (MoE-BERT, DeepLog, a rule); a detector's ``embed``
+adds the t-SNE plots.
 
     metrics = evaluate_scores(labels, scores, threshold)
     report = evaluate_detector(detector, records, out_dir="runs/eval")       # JSON + PNGs + top-N text
@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from core.errors import DataError
 from core.io import atomic_write, write_json
 from core.loghub import chronological_split, labelled_windows
 from core.schema import SequenceRecord
+from small_model.detector import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,6 @@ REPORT_NAME = "report.json"
 TOP_NAME = "top_anomalies.txt"
 MAX_TSNE_POINTS = 2000
 METRIC_COLUMNS = ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "best_f1")
-
-
-class ScoringDetector(Protocol):
-    """What evaluation needs of a detector."""
-
-    @property
-    def threshold(self) -> float: ...
-
-    def score(self, sequences: list[list[str]]) -> np.ndarray: ...
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -355,7 +347,7 @@ def write_report(
 
 
 def evaluate_detector(
-    detector: ScoringDetector,
+    detector: Scorer,
     records: Sequence[SequenceRecord],
     out_dir: str | Path | None = None,
     top_n: int = 20,
@@ -376,7 +368,7 @@ def evaluate_detector(
     if out_dir is None:
         return {"metrics": evaluate_scores(labels, scores, threshold), **timing}
     embeddings = None
-    embed_fn = getattr(detector, "embed", None)
+    embed_fn = getattr(detector, "embed", None)  # a Detector embeds; a bare Scorer (a rule) need not
     if embed and callable(embed_fn):
         embeddings = np.asarray(embed_fn(seqs))
     return write_report(out_dir, labels, scores, threshold, keep, embeddings, None, top_n, title, timing)
@@ -384,7 +376,7 @@ def evaluate_detector(
 
 # ----------------------------------------------------------------------------- loghub BGL protocol
 
-Trainer = Callable[[list[SequenceRecord], Path], ScoringDetector]
+Trainer = Callable[[list[SequenceRecord], Path], Scorer]
 
 
 def bgl_split(
@@ -439,7 +431,7 @@ def evaluate_bgl(
 def deeplog_trainer(**config: Any) -> Trainer:
     """A :data:`Trainer` for :func:`evaluate_bgl` that fits DeepLog (classic rule, no labels) and saves it."""
 
-    def train(records: list[SequenceRecord], folder: Path) -> ScoringDetector:
+    def train(records: list[SequenceRecord], folder: Path) -> Scorer:
         from small_model.deeplog import DeepLogConfig, DeepLogDetector
 
         detector = DeepLogDetector(DeepLogConfig(**config)).fit(records, progress=False)

@@ -9,13 +9,14 @@ from typing import Any
 
 from core.devices import resolve_device
 from core.errors import ModelError
+from small_model.detector import Detector, DetectorKind
 
 log = logging.getLogger(__name__)
 
 DEEPLOG_MARKERS = ("deeplog_config.json", "drain3_state.json")
 
 
-def detector_kind(path: str | Path) -> str:
+def detector_kind(path: str | Path) -> DetectorKind:
     """``moe-bert`` or ``deeplog`` for an artifact folder."""
     folder = Path(path)
     if not folder.is_dir():
@@ -36,8 +37,8 @@ def detector_kind(path: str | Path) -> str:
     raise ModelError(f"{folder} is not a detector artifact (no config.json)")
 
 
-def load_detector(path: str | Path, device: str = "cpu", **kwargs: Any) -> Any:
-    """The detector saved in ``path`` (``score``, ``threshold``, ``version``, ``line_contributions``).
+def load_detector(path: str | Path, device: str = "cpu", **kwargs: Any) -> Detector:
+    """The detector saved in ``path``, whichever kind it is.
 
     ``device`` (cpu, cuda, cuda:N, auto): where MoE-BERT runs; the DeepLog baseline, a small LSTM fed
     row by row, always runs on the CPU (a GPU device is checked, then noted)."""

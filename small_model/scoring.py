@@ -42,6 +42,7 @@ from core.io import write_json
 from core.normalize import Normalizer, NormalizerPool
 from small_model.common import weights_digest
 from small_model.data import LineVectors, window_owner, window_starts
+from small_model.detector import DetectorKind
 from small_model.modeling import CONFIG_NAME, WEIGHTS_NAME, MoEBertForLogAnomaly
 
 logger = logging.getLogger(__name__)
@@ -331,6 +332,8 @@ def cpu_threads_for(n_lines: int, device: torch.device) -> Iterator[None]:
 
 class MoEBertDetector:
     """A trained detector: model, tokenizer, normalizer, calibration and (label-free) embedding bank."""
+
+    kind: DetectorKind = "moe-bert"
 
     def __init__(
         self,

@@ -13,7 +13,8 @@ from core.settings import Settings
 
 @pytest.fixture(scope="module")
 def cluster_model(models: tuple[Any, Any], test_sequences: list[dict[str, Any]]) -> Any:
-    from small_model.clustering import ClusterConfig, ClusterModel
+    from small_model.clusters.config import ClusterConfig
+    from small_model.clusters.model import ClusterModel
 
     records = [SequenceRecord.model_validate(s) for s in test_sequences]
     anomalies = [r for r in records if r.label == 1]

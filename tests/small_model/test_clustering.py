@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +15,16 @@ import torch
 from core.errors import DataError, ModelError
 from core.io import read_records
 from data_gen import data_splitter, log_sequence_generator
-from small_model.cluster_model import ClassifierConfig, DualInputClassifier, pad_ids
-from small_model.clustering import (
-    BirchConfig,
-    ClusterConfig,
-    ClusterModel,
-    add_commands,
-    analyze,
-    birch_cluster,
-    cluster_metrics,
-    format_analysis,
-    format_metrics,
-    hungarian_accuracy,
-    hungarian_mapping,
-    select_inputs,
-)
+from small_model.clusters.analysis import analyze, format_analysis
+from small_model.clusters.birch import birch_cluster
+from small_model.clusters.classifier import DualInputClassifier, pad_ids
+from small_model.clusters.cli import add_commands
+from small_model.clusters.config import BirchConfig, ClassifierConfig, ClusterConfig
+from small_model.clusters.inputs import select_inputs
+from small_model.clusters.matching import cluster_metrics, format_metrics, hungarian_accuracy, hungarian_mapping
+from small_model.clusters.model import ClusterModel
 from small_model.deeplog import DeepLogConfig, DeepLogDetector
+from tests.fake_detector import FakeDetector
 
 torch.set_num_threads(1)
 
@@ -197,13 +192,11 @@ def test_analysis_names_real_sequences(fitted: ClusterModel, small_set: dict[str
     }
 
 
-class _FlagEveryOther:
+class _FlagEveryOther(FakeDetector):
     """A fake detector that flags every other sequence."""
 
-    threshold = 0.5
-
-    def score(self, sequences: list[list[str]]) -> np.ndarray:
-        return np.array([float(i % 2) for i in range(len(sequences))])
+    def rule(self, sequences: Sequence[Sequence[str]]) -> list[float]:
+        return [float(i % 2) for i in range(len(sequences))]
 
 
 def test_select_inputs_modes(small_set: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from small_model.evaluate import (
     evaluate_scores,
     write_report,
 )
+from tests.fake_detector import FakeDetector
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -104,14 +106,12 @@ def test_write_report_without_embeddings_and_mismatch(tmp_path: Path) -> None:
         write_report(tmp_path, labels[:5], scores, 0.5, recs)
 
 
-class FakeDetector:
+class FailureWords(FakeDetector):
     """Scores a sequence by how many of its lines mention a failure word."""
 
-    threshold = 0.5
-
-    def score(self, sequences: list[list[str]]) -> np.ndarray:
+    def rule(self, sequences: Sequence[Sequence[str]]) -> list[float]:
         words = ("error", "fatal", "fail", "severe", "exception")
-        return np.array([np.mean([any(w in x.lower() for w in words) for x in s]) for s in sequences])
+        return [float(np.mean([any(w in x.lower() for w in words) for x in s])) for s in sequences]
 
 
 def test_evaluate_detector_and_unlabeled(tmp_path: Path) -> None:
@@ -119,18 +119,18 @@ def test_evaluate_detector_and_unlabeled(tmp_path: Path) -> None:
         SequenceRecord(sequence_id="a", label=0, log_entries=["all good"]),
         SequenceRecord(sequence_id="b", label=1, log_entries=["fatal error"]),
     ]
-    result = evaluate_detector(FakeDetector(), recs)
+    result = evaluate_detector(FailureWords(), recs)
     assert result["metrics"]["f1"] == 1.0 and result["sequences_per_second"] > 0
     with pytest.raises(DataError):
-        evaluate_detector(FakeDetector(), [SequenceRecord(sequence_id="u", log_entries=["x"])])
+        evaluate_detector(FailureWords(), [SequenceRecord(sequence_id="u", log_entries=["x"])])
 
 
 def test_bgl_protocol_with_any_detector(loghub_dir: Path, tmp_path: Path) -> None:
     seen: list[SequenceRecord] = []
 
-    def trainer(records: list[SequenceRecord], folder: Path) -> FakeDetector:
+    def trainer(records: list[SequenceRecord], folder: Path) -> FailureWords:
         seen.extend(records)
-        return FakeDetector()
+        return FailureWords()
 
     result = evaluate_bgl(trainer, loghub_dir / "BGL" / "BGL_2k.log", tmp_path, name="fake", report=False)
     assert seen and all(r.label == 0 for r in seen)  # normal windows only

@@ -206,10 +206,11 @@ def test_the_device_setting_loads_the_detector_where_asked(label_free_artifact) 
     path, test = label_free_artifact
     lines = [r["log_entries"] for r in test[:24]]
     on_cpu = load_detector(path, device="cpu")
+    assert isinstance(on_cpu, MoEBertDetector)  # what the registry loads is typed as any Detector
     assert on_cpu.device.type == "cpu" and on_cpu.vectors.table.device.type == "cpu"
     if not torch.cuda.is_available():
         auto = load_detector(path, device="auto")
-        assert auto.device.type == "cpu"
+        assert isinstance(auto, MoEBertDetector) and auto.device.type == "cpu"
         np.testing.assert_array_equal(auto.score(lines), on_cpu.score(lines))
         with pytest.raises(ModelError, match="no CUDA GPU"):
             load_detector(path, device="cuda")
@@ -219,6 +220,7 @@ def test_the_device_setting_loads_the_detector_where_asked(label_free_artifact) 
     from core.normalize import NormalizerPool
 
     pooled = load_detector(path, device="cpu")
+    assert isinstance(pooled, MoEBertDetector)
     pooled.normalize_workers, pooled._pool = 2, NormalizerPool(pooled.normalizer, 2, min_chunk=32)
     try:
         np.testing.assert_array_equal(pooled.score(lines), on_cpu.score(lines))

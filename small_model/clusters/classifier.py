@@ -7,8 +7,8 @@
 Loss: ``alpha * next-event CE + beta * class CE + gamma * consistency``, where the consistency term
 is the MSE (or 1 - cosine) between the projected LSTM summary and the given deep feature, so the
 sequence encoder learns to carry what the deep feature says and the classifier still works when
-the two disagree a little. Pure torch; the clustering pipeline (``small_model.clustering``) owns
-the features, the pseudo-labels and the artifact folder.
+the two disagree a little. Pure torch; the rest of :mod:`small_model.clusters` owns the features,
+the pseudo-labels and the artifact folder.
 """
 
 from __future__ import annotations
@@ -16,56 +16,24 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.templates import UNKNOWN_TEMPLATE
+from small_model.clusters.config import ClassifierConfig
+
 logger = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID = 0, 1  # event vocabulary: template id t >= 1 is index t + 1
 
 
-@dataclass
-class ClassifierConfig:
-    """Shape and training of the dual-input model; JSON (de)serialisable."""
-
-    vocab_size: int = 2  # event vocabulary incl. pad and unknown
-    num_classes: int = 2
-    feature_dim: int = 1
-    embedding_dim: int = 32
-    hidden_size: int = 64
-    num_layers: int = 1
-    dropout: float = 0.1
-    max_len: int = 64  # longer sequences keep their last max_len events
-    alpha: float = 0.3  # next-event prediction
-    beta: float = 1.0  # class cross-entropy
-    gamma: float = 0.3  # consistency with the deep feature
-    consistency: Literal["mse", "cosine"] = "mse"
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.consistency not in ("mse", "cosine"):
-            raise ValueError(f"consistency must be 'mse' or 'cosine', got {self.consistency!r}")
-        if min(self.vocab_size, self.num_classes, self.feature_dim, self.hidden_size, self.embedding_dim) < 1:
-            raise ValueError("vocab_size, num_classes, feature_dim, hidden_size and embedding_dim must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
-        """Rebuild from :meth:`to_dict`; unknown keys are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+def event_index(template_ids: Sequence[int], vocab_size: int) -> list[int]:
+    """The classifier's input ids of a sequence's template ids (unseen or out-of-vocabulary ones are unknown)."""
+    return [t + 1 if t != UNKNOWN_TEMPLATE and t + 1 < vocab_size else UNK_ID for t in template_ids]
 
 
 @dataclass
