@@ -1,4 +1,4 @@
-"""The ``logtriage cluster`` and ``logtriage analyze-clusters`` commands (registered by :mod:`api.cli`)."""
+"""The ``logtriage cluster`` and ``logtriage analyze-clusters`` commands (registered by :mod:`logtriage.cli`)."""
 
 from __future__ import annotations
 
