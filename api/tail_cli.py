@@ -119,6 +119,9 @@ async def _tail(args: argparse.Namespace) -> int:
         None if args.input == "-" else Follower(Path(args.input), args.from_start, settings.max_line_bytes_request)
     )
     service = args.service or ("stdin" if follower is None else Path(args.input).name)
+    if follower is not None:  # from here on every appended line is read, also while the detector loads
+        where = "its start" if args.from_start else "its end"
+        print(f"following {args.input} from {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
     detector_path = Path(args.detector or settings.detector_path)
     detector = DetectorService(
         await asyncio.to_thread(load_detector, detector_path, args.device or settings.device),

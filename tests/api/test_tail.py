@@ -23,10 +23,19 @@ def _collect(stream: Any, into: list[dict[str, Any]]) -> None:
             into.append(json.loads(line))
 
 
-def _wait(items: list[Any], n: int, proc: subprocess.Popen[str], seconds: float = 120.0) -> None:
+def _collect_text(stream: Any, into: list[str]) -> None:
+    into.extend(stream)
+
+
+def _wait(
+    items: list[Any], n: int, proc: subprocess.Popen[str], stderr: list[str] | None = None, seconds: float = 120.0
+) -> None:
     deadline = time.monotonic() + seconds
     while len(items) < n:
-        assert proc.poll() is None, f"tail exited early: {proc.stderr.read() if proc.stderr else ''}"
+        if stderr is None:
+            assert proc.poll() is None, f"tail exited early: {proc.stderr.read() if proc.stderr else ''}"
+        else:
+            assert proc.poll() is None, f"tail exited early: {''.join(stderr)}"
         assert time.monotonic() < deadline, f"{len(items)} of {n} sessions reported"
         time.sleep(0.1)
 
@@ -44,21 +53,26 @@ def test_tail_follows_a_growing_rotated_file_and_reports_the_anomalous_session(
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     reported: list[dict[str, Any]] = []
-    reader = threading.Thread(target=_collect, args=(proc.stdout, reported), daemon=True)
-    reader.start()
+    stderr: list[str] = []
+    threading.Thread(target=_collect, args=(proc.stdout, reported), daemon=True).start()
+    err_reader = threading.Thread(target=_collect_text, args=(proc.stderr, stderr), daemon=True)
+    err_reader.start()
     try:
-        time.sleep(4)  # the detector loads; tail starts at the end of the file
+        # tail says when it follows (from the end of the file: the old line is not read); what is appended
+        # from then on is read, also while the detector still loads
+        _wait(stderr, 1, proc, stderr)
+        assert stderr[0].startswith(f"following {log} from its end"), stderr
         with log.open("a", encoding="utf-8") as f:  # a normal session, appended line by line
             for line in normal["log_entries"]:
                 f.write(line + "\n")
                 f.flush()
-        _wait(reported, 1, proc)
+        _wait(reported, 1, proc, stderr)
         with log.open("a", encoding="utf-8") as f:  # an anomalous one
             f.write("\n".join(anomaly[0]["log_entries"]) + "\n")
-        _wait(reported, 2, proc)
+        _wait(reported, 2, proc, stderr)
         log.rename(tmp_path / "app.log.1")  # rotated: the next session is in a new file
         log.write_text("\n".join(anomaly[1]["log_entries"]) + "\n", encoding="utf-8")
-        _wait(reported, 3, proc)
+        _wait(reported, 3, proc, stderr)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -71,7 +85,8 @@ def test_tail_follows_a_growing_rotated_file_and_reports_the_anomalous_session(
     assert reported[1]["is_anomaly"] or reported[2]["is_anomaly"], "an obvious anomaly is flagged"
     flagged = next(r for r in reported[1:] if r["is_anomaly"])
     assert flagged["top_lines"] and flagged["score"] >= 0.0
-    assert "3 sessions" in (proc.stderr.read() if proc.stderr else "")
+    err_reader.join(10)  # the process has exited: its stderr is at its end
+    assert any("3 sessions" in line for line in stderr), stderr
 
 
 def test_tail_reads_stdin_until_it_ends_and_stores(
