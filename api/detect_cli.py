@@ -67,7 +67,7 @@ def _detect(args: argparse.Namespace) -> int:
     detector_path = Path(args.detector or settings.detector_path)
     if args.explain or args.store:
         return asyncio.run(_detect_stored(args, settings, detector_path))
-    from api.services import risk_level
+    from small_model.detection import risk_level
     from small_model.registry import load_detector
 
     detector = load_detector(detector_path, device=args.device or settings.device)
