@@ -45,13 +45,14 @@ import torch
 
 from core.devices import resolve_device
 from core.errors import LogTriageError, ModelError
+from core.labels import OTHER
 from large_model import prompts
 from large_model.bundled import BUNDLED_ALIASES, resolve_base
 from large_model.encoding import PromptEncoder, end_of_turn_id
 from large_model.evidence import FLOW_PROFILE_FILE, FlowProfile
 from large_model.grounding import GROUNDED_FIELDS, Grounding, cut_to_sentence, has_loop
 from large_model.quant import bitsandbytes_available, get_quantization_config, parse_dtype
-from large_model.schema import OTHER, Explanation, LabelSet
+from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)
 
