@@ -30,7 +30,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.session import make_engine, normalize_url
+from db.engine import make_engine, normalize_url
 
 log = logging.getLogger(__name__)
 
