@@ -142,7 +142,7 @@ async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path:
         if not ids:
             raise DataError("no log lines to score")
         if args.explain:
-            from large_model.inference import load_explainer
+            from large_model.loader import load_explainer
 
             explainer = await asyncio.to_thread(
                 load_explainer, args.explainer or settings.explainer_path, settings=settings

@@ -52,7 +52,7 @@ def _worker(args: argparse.Namespace) -> int:
     from api.worker import ExplainWorker
     from core.settings import get_settings
     from db.session import Database
-    from large_model.inference import load_explainer
+    from large_model.loader import load_explainer
 
     log = logging.getLogger("logtriage.worker")
     settings = get_settings()
