@@ -120,7 +120,7 @@ def choose_category(
     categories: Sequence[str], scores: Sequence[float], threshold: float | None = None
 ) -> tuple[str, float]:
     """The category to report and its confidence: the best-scored one and its softmax share of the
-    label scores (summed log-probabilities); :data:`schema.OTHER` when that share is below
+    label scores (summed log-probabilities); :data:`core.labels.OTHER` when that share is below
     ``threshold`` (the explainer's calibrated ``category_threshold``; None: never)."""
     values = [float(v) for v in scores]
     best = max(range(len(values)), key=values.__getitem__)  # the first of equal bests, as argmax
