@@ -67,7 +67,7 @@ def _detect(args: argparse.Namespace) -> int:
     detector_path = Path(args.detector or settings.detector_path)
     if args.explain or args.store:
         return asyncio.run(_detect_stored(args, settings, detector_path))
-    from api.services import risk_level
+    from small_model.detection import risk_level
     from small_model.registry import load_detector
 
     detector = load_detector(detector_path, device=args.device or settings.device)
@@ -142,7 +142,7 @@ async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path:
         if not ids:
             raise DataError("no log lines to score")
         if args.explain:
-            from large_model.inference import load_explainer
+            from large_model.loader import load_explainer
 
             explainer = await asyncio.to_thread(
                 load_explainer, args.explainer or settings.explainer_path, settings=settings

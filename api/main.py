@@ -36,7 +36,7 @@ def load_models(settings: Settings) -> tuple[Any, Any, Any]:
     detector = load_detector(settings.detector_path, device=settings.device)
     explainer = clusterer = None
     if settings.load_explainer:
-        from large_model.inference import load_explainer
+        from large_model.loader import load_explainer
 
         explainer = load_explainer(settings.explainer_path, settings=settings)
     if settings.cluster_path is not None:

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from small_model.detection import RiskLevel
+
 ExplainMode = Literal["auto", "never", "always"]
-RiskLevel = Literal["low", "medium", "high"]
 
 # What JSON and URLs can carry but neither PostgreSQL (NUL) nor UTF-8 (lone surrogates) can store.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -46,7 +46,7 @@ def _worker(args: argparse.Namespace) -> int:
     from api.worker import ExplainWorker
     from core.settings import settings_with
     from db.session import Database
-    from large_model.inference import load_explainer
+    from large_model.loader import load_explainer
 
     log = logging.getLogger("logtriage.worker")
     settings = settings_with(database_url=args.database_url)

@@ -21,10 +21,10 @@ from api.batching import MicroBatcher
 from api.llm_health import LLMHealth
 from api.metrics import Metrics
 from core.settings import Settings
+from small_model.detection import risk_level
 from small_model.detector import Detector
 
 log = logging.getLogger(__name__)
-HIGH_RISK = 0.85
 
 
 class Clusterer(Protocol):
@@ -37,13 +37,6 @@ class Explainer(Protocol):
     """What the service needs of an explainer (in process or an OpenAI-compatible server)."""
 
     def explain(self, log_entries: list[str], lang: str = "en", context: dict[str, Any] | None = None) -> Any: ...
-
-
-def risk_level(score: float, threshold: float) -> str:
-    """``high`` above 0.85 when flagged, ``medium`` when flagged, else ``low``."""
-    if score >= threshold:
-        return "high" if score > HIGH_RISK else "medium"
-    return "low"
 
 
 @dataclass

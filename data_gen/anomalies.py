@@ -13,22 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.labels import SEVERITIES
 from data_gen.catalog import HTTP_SERVICES, RETRY_BACKOFF, RETRY_TEXT, SERVICE_PORTS, Flow, Step, T, service_name
 
-ANOMALY_TYPES: tuple[str, ...] = (
-    "timeout",
-    "connection_failure",
-    "database_error",
-    "service_call_failure",
-    "resource_exhaustion",
-    "permission_error",
-    "missing_step",
-    "out_of_order",
-    "retry_storm",
-    "latency_spike",
-)
 SUBTLE_TYPES: tuple[str, ...] = ("missing_step", "out_of_order", "retry_storm", "latency_spike")
-SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
 CRITICAL_SERVICES = ("payments", "database", "auth")
 
 TYPE_TITLES: dict[str, T] = {

@@ -29,8 +29,9 @@ from typing import Any
 from core.cli_args import run_cli
 from core.errors import DataError, LogTriageError
 from core.io import read_records, write_json, write_jsonl, write_records
+from core.labels import ANOMALY_TYPES, SEVERITIES
 from core.schema import SequenceRecord
-from data_gen.anomalies import ANOMALY_TYPES, BASE_SEVERITY, SEVERITIES, TYPE_TITLES
+from data_gen.anomalies import BASE_SEVERITY, TYPE_TITLES
 from data_gen.catalog import FLOWS, lang_index, service_name
 from data_gen.cli_utils import derive_seed, setup_logging
 from data_gen.log_sequence_generator import DIFFICULTIES, GeneratorConfig, generate_sequences

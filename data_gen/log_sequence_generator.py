@@ -25,9 +25,9 @@ from tqdm import tqdm
 from core.cli_args import run_cli
 from core.errors import LogTriageError
 from core.io import record_format, write_records
+from core.labels import ANOMALY_TYPES
 from core.schema import SequenceRecord
 from data_gen.anomalies import (
-    ANOMALY_TYPES,
     BUILDERS,
     Anomaly,
     Event,

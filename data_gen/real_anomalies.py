@@ -41,12 +41,12 @@ from typing import Any
 from core.cli_args import run_cli
 from core.errors import DataError
 from core.io import read_records, write_records
+from core.labels import OTHER
 from core.loghub import iter_loghub, labelled_windows
 from data_gen.cli_utils import setup_logging
 
 log = logging.getLogger(__name__)
 
-OTHER = "other"  # large_model.schema.OTHER (data_gen does not import the model tiers)
 TRAIN_FILE = "real_anomalies_train.jsonl"
 EVAL_FILE = "real_anomalies.jsonl"
 WINDOW = 10

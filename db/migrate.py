@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.cli_args import run_cli
-from db.session import make_engine, normalize_url
+from db.engine import make_engine, normalize_url
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from core.errors import DataError
 from large_model import evaluate, train
-from large_model.inference import DEFAULT_MAX_NEW_TOKENS
+from large_model.answer import DEFAULT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _sequences(ns: argparse.Namespace) -> Iterator[tuple[str, list[Any]]]:
 
 def run_explain(ns: argparse.Namespace) -> int:
     """The ``explain`` handler: one JSON explanation per sequence on stdout (JSON lines)."""
-    from large_model.inference import load_explainer
+    from large_model.loader import load_explainer
 
     explainer = load_explainer(
         ns.model, backend=ns.backend, device=ns.device, dtype=ns.dtype, max_new_tokens=ns.max_new_tokens

@@ -29,10 +29,11 @@ from typing import Any
 
 from core.errors import DataError
 from core.io import write_json
+from core.labels import OTHER
+from large_model.answer import DEFAULT_MAX_NEW_TOKENS, ExplainResult
 from large_model.encoding import iter_json_rows
 from large_model.grounding import has_loop, ungrounded, words
-from large_model.inference import DEFAULT_MAX_NEW_TOKENS, ExplainResult
-from large_model.schema import OTHER, LabelSet
+from large_model.schema import LabelSet
 
 log = logging.getLogger(__name__)
 

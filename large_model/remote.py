@@ -15,7 +15,7 @@ run trained with it, as the in-process explainer does.
 ``echo=true, logprobs=1, max_tokens=1``; each label's score is the sum of the echoed prompt-token
 log-probabilities of the tokens that overlap the label text (found through ``text_offset``),
 the same likelihood the in-process explainer computes. The texts are then generated greedily,
-one JSON string at a time as in process (:func:`inference.generate_fields`): each request
+one JSON string at a time as in process (:func:`answer.generate_fields`): each request
 continues the answer so far (``..., "summary": "``), stops at the string's closing ``"`` (vLLM's
 ``stop`` with ``include_stop_str_in_output``) within the field's token budget, and the fixed joint
 to the next field is written here, so the answer is valid JSON whenever the model closes each
@@ -46,10 +46,7 @@ import httpx
 
 from core.errors import BackendUnavailable, ModelError
 from large_model import prompts
-from large_model.bundled import folder_or_hub_id
-from large_model.encoding import PromptEncoder
-from large_model.evidence import FlowProfile
-from large_model.inference import (
+from large_model.answer import (
     DEFAULT_MAX_NEW_TOKENS,
     ExplainResult,
     answer_span,
@@ -59,6 +56,9 @@ from large_model.inference import (
     generate_fields,
     grounding_source,
 )
+from large_model.bundled import folder_or_hub_id
+from large_model.encoding import PromptEncoder
+from large_model.evidence import FlowProfile
 from large_model.schema import Explanation, LabelSet
 
 log = logging.getLogger(__name__)

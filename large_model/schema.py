@@ -10,23 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import DataError
+from core.labels import ANOMALY_TYPES, SEVERITIES
 
-DEFAULT_CATEGORIES = (
-    "timeout",
-    "connection_failure",
-    "database_error",
-    "service_call_failure",
-    "resource_exhaustion",
-    "permission_error",
-    "missing_step",
-    "out_of_order",
-    "retry_storm",
-    "latency_spike",
-)
-DEFAULT_SEVERITIES = ("low", "medium", "high", "critical")
-# the category of an anomaly unlike the known ones: taught by real-log rows, or chosen when the
-# category's confidence is below the threshold calibrated on held-out data (explainer.json)
-OTHER = "other"
 TEXT_FIELDS = ("summary", "root_cause", "suggested_response")
 
 
@@ -55,8 +40,8 @@ class Explanation(BaseModel):
 class LabelSet:
     """The categories and severities an explainer chooses among."""
 
-    categories: tuple[str, ...] = DEFAULT_CATEGORIES
-    severities: tuple[str, ...] = DEFAULT_SEVERITIES
+    categories: tuple[str, ...] = ANOMALY_TYPES
+    severities: tuple[str, ...] = SEVERITIES
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,8 +61,8 @@ class LabelSet:
             raise DataError(f"not a JSON label file ({exc})", p) from None
         if not isinstance(data, dict):
             raise DataError("expected an object with categories and severities", p)
-        cats = data.get("categories", DEFAULT_CATEGORIES)
-        sevs = data.get("severities", DEFAULT_SEVERITIES)
+        cats = data.get("categories", ANOMALY_TYPES)
+        sevs = data.get("severities", SEVERITIES)
         # labels.json may map each label to a description: the keys are the labels
         cats = list(cats) if not isinstance(cats, dict) else list(cats.keys())
         sevs = list(sevs) if not isinstance(sevs, dict) else list(sevs.keys())

@@ -67,12 +67,13 @@ import torch
 from core.cli_args import add_dataclass_arguments, check_profile, given, with_profile
 from core.errors import DataError, ModelError
 from core.io import write_json, write_jsonl
+from core.labels import OTHER
 from large_model.bundled import resolve_base
 from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, keeps_text, load_examples, split_examples
 from large_model.evidence import FLOW_PROFILE_FILE, REFERENCE_FILE, FlowProfile, load_reference
 from large_model.inference import Explainer
 from large_model.quant import BACKENDS, TrainingModel, load_for_training
-from large_model.schema import OTHER, LabelSet
+from large_model.schema import LabelSet
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +50,9 @@ from core.schema import SequenceRecord
 from core.templates import UNKNOWN_TEMPLATE, TemplateMiner
 from small_model.common import weights_digest
 from small_model.config import DeepLogConfig
+from small_model.detection import Detection
 from small_model.detector import DetectorKind
+from small_model.metrics import best_f1_threshold, evaluate_scores, roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +61,9 @@ WEIGHTS_NAME = "model.safetensors"
 DRAIN_NAME = "drain3_state.json"
 NORMALIZER_NAME = "normalizer.json"
 METRICS_NAME = "metrics.json"
-HIGH_RISK = 0.85
 # model vocabulary: template id t >= 1 is index t + 2; the unknown template (0) lands on UNK = 2
 PAD, END, UNK = 0, 1, 2
 OFFSET = 2
-RiskLevel = Literal["high", "medium", "low"]
 SequencesLike = Sequence[SequenceRecord] | Sequence[Sequence[str]] | Sequence[Mapping[str, Any]]
 
 
@@ -151,21 +151,6 @@ class PositionStats:
     unknown: np.ndarray  # (N,) bool: the true line's template was never seen
     hidden: np.ndarray  # (N, H) top LSTM state of each position's window
     num_sequences: int = 0
-
-
-@dataclass
-class Detection:
-    """One scored sequence (the same fields as the MoE-BERT detector's)."""
-
-    score: float
-    is_anomaly: bool
-    risk: RiskLevel
-
-
-def _risk(score: float, flagged: bool) -> RiskLevel:
-    if flagged:
-        return "high" if score > HIGH_RISK else "medium"
-    return "low"
 
 
 # ----------------------------------------------------------------------------- detector
@@ -391,7 +376,7 @@ class DeepLogDetector:
             return []
         scores, any_miss = self._scores_from(self.position_stats(sequences), self.config.top_g)
         flags = any_miss if rule == "classic" else scores >= self.threshold
-        return [Detection(float(s), bool(f), _risk(float(s), bool(f))) for s, f in zip(scores, flags, strict=True)]
+        return [Detection.of(s, f) for s, f in zip(scores, flags, strict=True)]
 
     def embed(self, sequences: Sequence[Sequence[str]]) -> np.ndarray:
         """Deep feature (N, H) per sequence: the top LSTM state after its last line (or the mean over lines)."""
@@ -441,8 +426,6 @@ class DeepLogDetector:
         top_g_candidates: Sequence[int] | None = None,
     ) -> dict[str, Any]:
         """Pick ``top_g`` (best validation F1 of the score, then ROC-AUC, then the smaller g) and the best-F1 threshold."""
-        from small_model.evaluate import best_f1_threshold, roc_auc
-
         y = np.asarray(labels, dtype=np.int64)
         if len(y) != len(sequences) or len(np.unique(y)) < 2:
             raise DataError("calibration needs labels of both classes, one per sequence")
@@ -555,8 +538,6 @@ def train_deeplog(
     Labels in the validation file pick ``top_g`` among ``top_g_candidates`` and the best-F1
     threshold; without them the classic rule (threshold 0.5) holds.
     """
-    from small_model.evaluate import evaluate_scores
-
     t0 = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -609,3 +590,32 @@ def train_deeplog(
     out = detector.save_pretrained(output_dir)
     logger.info("deeplog: saved %s (version %s) in %.1f s", out, detector.version, metrics["seconds"]["total"])
     return out
+
+
+def deeplog_trainer(**config: Any) -> Callable[[list[SequenceRecord], Path], DeepLogDetector]:
+    """A trainer for :func:`small_model.evaluate.evaluate_bgl`: fits DeepLog (classic rule, no labels), saves it."""
+
+    def train(records: list[SequenceRecord], folder: Path) -> DeepLogDetector:
+        detector = DeepLogDetector(DeepLogConfig(**config)).fit(records, progress=False)
+        detector.metrics = {"protocol": "loghub label-free", "loss_history": detector.history}
+        detector.save_pretrained(folder)
+        return detector
+
+    return train
+
+
+def train_evaluate_deeplog(
+    train: Path, val: Path | None, test: Sequence[SequenceRecord], folder: Path, title: str
+) -> tuple[dict[str, Any], float]:
+    """Train DeepLog on the normal sequences of ``train`` (``top_g`` and threshold calibrated on the
+    labels of ``val``; no ``val``: the classic rule), save it under ``folder/model``, evaluate it on
+    ``test`` with a report under ``folder/report``; returns ``(report, training seconds)``."""
+    from small_model.evaluate import evaluate_detector
+
+    t0 = time.perf_counter()
+    artifact = train_deeplog(train, val, folder / "model", unsupervised=val is None, progress=False)
+    seconds = time.perf_counter() - t0
+    detector = DeepLogDetector.from_pretrained(artifact)
+    report = evaluate_detector(detector, list(test), folder / "report", title=title)
+    report["top_g"] = detector.config.top_g
+    return report, seconds

@@ -1,9 +1,8 @@
-"""Model-agnostic evaluation of anomaly scores: metrics, a report folder, comparison tables, BGL.
+"""Model-agnostic evaluation of anomaly scores: a report folder, comparison tables, BGL.
 
 Any :class:`~small_model.detector.Scorer` fits (MoE-BERT, DeepLog, a rule); a detector's ``embed``
-adds the t-SNE plots.
+adds the t-SNE plots. The figures come from :mod:`small_model.metrics`.
 
-    metrics = evaluate_scores(labels, scores, threshold)
     report = evaluate_detector(detector, records, out_dir="runs/eval")       # JSON + PNGs + top-N text
     print(compare_table([{"model": "moe-bert", **m1}, {"model": "deeplog", **m2}]))
 
@@ -29,6 +28,7 @@ from core.io import atomic_write, write_json
 from core.loghub import chronological_split, labelled_windows
 from core.schema import SequenceRecord
 from small_model.detector import Scorer
+from small_model.metrics import evaluate_scores, per_type_recall, roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -36,103 +36,6 @@ REPORT_NAME = "report.json"
 TOP_NAME = "top_anomalies.txt"
 MAX_TSNE_POINTS = 2000
 METRIC_COLUMNS = ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "best_f1")
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def best_f1_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """The threshold (midway between neighbouring distinct scores) with the best F1, and that F1."""
-    y = np.asarray(labels, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    if len(y) == 0 or y.sum() == 0:
-        return float("nan"), 0.0
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    tp = np.cumsum(y_sorted)
-    fp = np.cumsum(1 - y_sorted)
-    f1 = 2 * tp / (tp + fp + y.sum())
-    distinct = np.r_[s_sorted[1:] < s_sorted[:-1], True]  # cut only between different scores
-    f1 = np.where(distinct, f1, -1.0)
-    i = int(np.argmax(f1))
-    upper = s_sorted[i]
-    lower = s_sorted[i + 1] if i + 1 < len(s_sorted) else upper - 1e-6
-    return float((upper + lower) / 2), float(f1[i])
-
-
-def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """ROC-AUC, NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(labels, dtype=np.int64)
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
-
-
-def evaluate_scores(
-    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float
-) -> dict[str, Any]:
-    """Accuracy, precision, recall, F1 at ``threshold`` (score >= threshold is anomalous), ROC-AUC, PR-AUC,
-    the best-F1 threshold and its F1, and the confusion matrix ``[[tn, fp], [fn, tp]]``.
-
-    Undefined values (AUC with one class) are ``None`` so the result stays valid JSON.
-    """
-    from sklearn.metrics import average_precision_score
-
-    y = np.asarray(labels, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.shape != s.shape:
-        raise ValueError(f"{len(y)} labels but {len(s)} scores")
-    if len(y) and not set(np.unique(y).tolist()) <= {0, 1}:
-        raise ValueError("labels must be 0 or 1")
-    pred = s >= threshold
-    tp = int(np.sum(pred & (y == 1)))
-    fp = int(np.sum(pred & (y == 0)))
-    fn = int(np.sum(~pred & (y == 1)))
-    tn = int(np.sum(~pred & (y == 0)))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    both = len(np.unique(y)) == 2
-    best_thr, best_f1 = best_f1_threshold(y, s) if both else (float("nan"), float("nan"))
-    return {
-        "n": len(y),
-        "n_anomalous": int(y.sum()),
-        "threshold": float(threshold),
-        "accuracy": (tp + tn) / len(y) if len(y) else None,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "roc_auc": _finite(roc_auc(y, s)) if both else None,
-        "pr_auc": float(average_precision_score(y, s)) if both else None,
-        "best_f1_threshold": _finite(best_thr),
-        "best_f1": _finite(best_f1),
-        "confusion_matrix": [[tn, fp], [fn, tp]],
-        "tn": tn,
-        "fp": fp,
-        "fn": fn,
-        "tp": tp,
-    }
-
-
-def per_type_recall(
-    anomaly_types: Sequence[str | None], labels: np.ndarray, flagged: np.ndarray
-) -> dict[str, dict[str, Any]]:
-    """For each anomaly type: how many sequences, how many flagged (normals under ``normal``)."""
-    out: dict[str, dict[str, Any]] = {}
-    groups: dict[str, list[int]] = {}
-    for i, (t, y) in enumerate(zip(anomaly_types, labels, strict=True)):
-        groups.setdefault("normal" if y == 0 else (t or "unknown"), []).append(i)
-    for name in sorted(groups):
-        idx = groups[name]
-        hit = int(np.sum(flagged[idx]))
-        out[name] = {"support": len(idx), "flagged": hit, "rate": hit / len(idx)}
-    return out
 
 
 # ----------------------------------------------------------------------------- tables
@@ -426,34 +329,3 @@ def evaluate_bgl(
         "train_seconds": round(train_seconds, 2),
         **result,
     }
-
-
-def deeplog_trainer(**config: Any) -> Trainer:
-    """A :data:`Trainer` for :func:`evaluate_bgl` that fits DeepLog (classic rule, no labels) and saves it."""
-
-    def train(records: list[SequenceRecord], folder: Path) -> Scorer:
-        from small_model.deeplog import DeepLogConfig, DeepLogDetector
-
-        detector = DeepLogDetector(DeepLogConfig(**config)).fit(records, progress=False)
-        detector.metrics = {"protocol": "loghub label-free", "loss_history": detector.history}
-        detector.save_pretrained(folder)
-        return detector
-
-    return train
-
-
-def train_evaluate_deeplog(
-    train: Path, val: Path | None, test: Sequence[SequenceRecord], folder: Path, title: str
-) -> tuple[dict[str, Any], float]:
-    """Train DeepLog on the normal sequences of ``train`` (``top_g`` and threshold calibrated on the
-    labels of ``val``; no ``val``: the classic rule), save it under ``folder/model``, evaluate it on
-    ``test`` with a report under ``folder/report``; returns ``(report, training seconds)``."""
-    from small_model.deeplog import DeepLogDetector, train_deeplog
-
-    t0 = time.perf_counter()
-    artifact = train_deeplog(train, val, folder / "model", unsupervised=val is None, progress=False)
-    seconds = time.perf_counter() - t0
-    detector = DeepLogDetector.from_pretrained(artifact)
-    report = evaluate_detector(detector, list(test), folder / "report", title=title)
-    report["top_g"] = detector.config.top_g
-    return report, seconds

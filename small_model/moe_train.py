@@ -49,6 +49,7 @@ from core.normalize import Normalizer
 from core.schema import SequenceRecord
 from small_model.config import DetectorConfig, TrainArgs
 from small_model.data import length_batches, normalize_lines, perturb_lines, stratified_length_batches
+from small_model.metrics import evaluate_scores, per_type_recall, roc_auc
 from small_model.modeling import MoEBertForLogAnomaly, MoEMode, build_model, build_tokenizer, count_parameters
 from small_model.scoring import (
     COMPONENTS,
@@ -56,7 +57,6 @@ from small_model.scoring import (
     MoEBertDetector,
     ScoreStats,
     calibrate_fusion,
-    classification_metrics,
     line_batch,
 )
 
@@ -383,7 +383,7 @@ def calibrate(
         raw_val = detector.raw_from_lines([val.lines[i] for i in keep], COMPONENTS)
         y = np.array([val.labels[i] for i in keep])
         for c in (*COMPONENTS, "recon"):
-            notes[f"val_auc_{c}"] = classification_metrics(y, raw_val[c], 0.0)["roc_auc"]
+            notes[f"val_auc_{c}"] = roc_auc(y, raw_val[c])
         weights, threshold, objective = calibrate_fusion(raw_val, y, cal.stats)
         cal.weights, cal.threshold, cal.threshold_source = weights, threshold, "validation"
         cal.fused = True
@@ -411,15 +411,13 @@ def evaluate(detector: MoEBertDetector, data: Prepared) -> dict[str, Any] | None
     raw = detector.raw_from_lines([data.lines[i] for i in keep], [*detector.calibration.active(), "head"])
     scores = detector.calibration.fuse(raw)
     elapsed = time.perf_counter() - start
-    metrics = classification_metrics(y, scores, detector.threshold)
+    metrics = evaluate_scores(y, scores, detector.threshold)
     metrics["scoring_seconds"] = round(elapsed, 2)
     metrics["sequences_per_second"] = round(len(y) / max(elapsed, 1e-9), 2)
-    types = [data.types[i] for i in keep]
-    per_type: dict[str, dict[str, float]] = {}
-    for t in sorted({str(t) for t, yy in zip(types, y, strict=True) if yy == 1}):
-        sel = np.array([str(tt) == t and yy == 1 for tt, yy in zip(types, y, strict=True)])
-        per_type[t] = {"n": int(sel.sum()), "recall": float((scores[sel] >= detector.threshold).mean())}
-    metrics["recall_by_type"] = per_type
+    per_type = per_type_recall([data.types[i] for i in keep], y, scores >= detector.threshold)
+    metrics["recall_by_type"] = {
+        t: {"n": v["support"], "recall": v["rate"]} for t, v in per_type.items() if t != "normal"
+    }
     return metrics
 
 

@@ -42,7 +42,9 @@ from core.io import write_json
 from core.normalize import Normalizer, NormalizerPool
 from small_model.common import weights_digest
 from small_model.data import LineVectors, window_owner, window_starts
+from small_model.detection import Detection
 from small_model.detector import DetectorKind
+from small_model.metrics import best_f1_threshold, roc_auc
 from small_model.modeling import CONFIG_NAME, WEIGHTS_NAME, MoEBertForLogAnomaly
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,6 @@ CALIBRATION_NAME = "calibration.json"
 NORMALIZER_NAME = "normalizer.json"
 BANK_NAME = "embedding_bank.safetensors"
 METRICS_NAME = "metrics.json"
-HIGH_RISK = 0.85
-RiskLevel = Literal["high", "medium", "low"]
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -145,57 +145,6 @@ class Calibration:
         return out
 
 
-def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """The threshold (midway between neighbouring scores) with the best F1, and that F1."""
-    y = np.asarray(labels, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    tp = np.cumsum(y_sorted)
-    fp = np.cumsum(1 - y_sorted)
-    positives = max(int(y.sum()), 1)
-    f1 = 2 * tp / (tp + fp + positives)
-    # only cut between distinct scores
-    distinct = np.r_[s_sorted[1:] < s_sorted[:-1], True]
-    f1 = np.where(distinct, f1, -1.0)
-    i = int(np.argmax(f1))
-    upper = s_sorted[i]
-    lower = s_sorted[i + 1] if i + 1 < len(s_sorted) else upper - 1e-6
-    return float((upper + lower) / 2), float(f1[i])
-
-
-def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Accuracy, precision, recall, F1, ROC-AUC, PR-AUC and the confusion matrix at ``threshold``."""
-    from sklearn.metrics import (
-        average_precision_score,
-        confusion_matrix,
-        f1_score,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
-
-    y = np.asarray(labels, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    pred = (s >= threshold).astype(np.int64)
-    both = len(np.unique(y)) == 2
-    best_thr, best_f1 = best_f1_threshold(y, s) if both else (float("nan"), float("nan"))
-    return {
-        "n": len(y),
-        "n_anomalous": int(y.sum()),
-        "threshold": float(threshold),
-        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "roc_auc": float(roc_auc_score(y, s)) if both else float("nan"),
-        "pr_auc": float(average_precision_score(y, s)) if both else float("nan"),
-        "best_f1_threshold": best_thr,
-        "best_f1": best_f1,
-        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
-    }
-
-
 def calibrate_fusion(
     raw: dict[str, np.ndarray], labels: np.ndarray, stats: dict[str, ScoreStats], step: float = 0.1
 ) -> tuple[dict[str, float], float, float]:
@@ -205,8 +154,6 @@ def calibrate_fusion(
     parts, then to the most balanced one: a part earns its weight only by what it adds on validation.
     Returns ``(weights, threshold, objective)``.
     """
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(labels, dtype=np.int64)
     normed = {c: stats[c].apply(raw[c]) for c in COMPONENTS if c in raw and c in stats}
     names = list(normed)
@@ -217,7 +164,7 @@ def calibrate_fusion(
         fused = sum(w[c] * normed[c] for c in names)
         assert isinstance(fused, np.ndarray)
         thr, f1 = best_f1_threshold(y, fused)
-        objective = round(float(roc_auc_score(y, fused) + f1), 9)
+        objective = round(roc_auc(y, fused) + f1, 9)
         entropy = -sum(v * math.log(v) for v in w.values() if v > 0)
         key = (objective, -sum(v > 0 for v in w.values()), entropy)
         if key > best[0]:
@@ -235,23 +182,7 @@ def _simplex(dims: int, ticks: int) -> list[tuple[int, ...]]:
     return out
 
 
-def risk_level(score: float, threshold: float, high: float = HIGH_RISK) -> RiskLevel:
-    """``high`` above 0.85 (when flagged), ``medium`` at or above the threshold, else ``low``."""
-    if score >= threshold:
-        return "high" if score > high else "medium"
-    return "low"
-
-
 # ----------------------------------------------------------------------------- the detector
-
-
-@dataclass
-class Detection:
-    """One scored sequence."""
-
-    score: float
-    is_anomaly: bool
-    risk: RiskLevel
 
 
 @dataclass
@@ -704,7 +635,7 @@ class MoEBertDetector:
     def predict(self, sequences: Sequence[Sequence[str]]) -> list[Detection]:
         """Score, decision and risk level of each sequence."""
         thr = self.threshold
-        return [Detection(float(s), bool(s >= thr), risk_level(float(s), thr)) for s in self.score(sequences)]
+        return [Detection.of(s, s >= thr) for s in self.score(sequences)]
 
     def score_with_lines(self, sequences: Sequence[Sequence[str]]) -> tuple[np.ndarray, list[list[float]] | None]:
         """:meth:`score` and, where the score's own passes give them (a fused artifact with a reconstruction

@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
 from db.base import Base
-from db.session import make_engine
+from db.engine import make_engine
 
 config = context.config
 if config.config_file_name is not None:

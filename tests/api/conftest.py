@@ -25,7 +25,7 @@ from tests.db.conftest import db_url, pg_server, pg_url  # noqa: F401  (the data
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)
 
-TINY_BERT = {"scratch_layers": 2, "scratch_hidden": 48, "scratch_heads": 2, "scratch_intermediate": 96,
+TINY_BERT: dict[str, Any] = {"scratch_layers": 2, "scratch_hidden": 48, "scratch_heads": 2, "scratch_intermediate": 96,
              "seq_heads": 2, "seq_intermediate": 96, "expert_hidden": 48, "head_hidden": 16}  # fmt: skip
 
 

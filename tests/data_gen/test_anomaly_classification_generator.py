@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from core.io import read_records, write_records
+from core.labels import ANOMALY_TYPES, SEVERITIES
 from core.schema import SequenceRecord
-from data_gen.anomalies import ANOMALY_TYPES, SEVERITIES
 from data_gen.anomaly_classification_generator import (
     ALPACA_FILE,
     ANSWER_KEYS,

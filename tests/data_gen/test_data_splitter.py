@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from core.io import read_records, write_records
+from core.labels import ANOMALY_TYPES
 from core.schema import SequenceRecord
-from data_gen.anomalies import ANOMALY_TYPES
 from data_gen.data_splitter import main, split_sizes, stratified_split
 from tests.data_gen.helpers import assert_one_line_error
 

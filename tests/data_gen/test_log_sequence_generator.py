@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from core.io import read_records
+from core.labels import ANOMALY_TYPES, SEVERITIES
 from core.normalize import Normalizer
 from core.schema import SequenceRecord
-from data_gen.anomalies import ANOMALY_TYPES, SEVERITIES, SUBTLE_TYPES
+from data_gen.anomalies import SUBTLE_TYPES
 from data_gen.catalog import FLOWS, SERVICES
 from data_gen.log_sequence_generator import GeneratorConfig, generate_sequences, main
 from tests.data_gen.helpers import REPO, assert_one_line_error

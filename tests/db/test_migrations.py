@@ -15,7 +15,8 @@ from sqlalchemy import Connection, inspect, make_url, text
 
 from db import migrate
 from db.base import Base
-from db.session import Database, make_engine, normalize_url
+from db.engine import make_engine, normalize_url
+from db.session import Database
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {

@@ -117,7 +117,7 @@ def test_evaluate_large_reports_tuned_and_base(
 
 def test_missing_explainer_folder_is_an_error_not_the_base(tmp_path: Path) -> None:
     from core.errors import ModelError
-    from large_model.inference import load_explainer
+    from large_model.loader import load_explainer
 
     with pytest.raises(ModelError, match=r"no such folder: .*absent"):
         load_explainer(tmp_path / "absent", backend="inprocess")

@@ -11,9 +11,10 @@ import torch
 from transformers import AutoTokenizer
 
 from core.errors import DataError
+from large_model.answer import choose_category
 from large_model.evaluate import evaluate_explainer, format_table, load_eval_rows
 from large_model.grounding import Grounding, cut_to_sentence, has_loop, mentioned, ungrounded
-from large_model.inference import Explainer, PrefixScorer, choose_category
+from large_model.inference import Explainer, PrefixScorer
 from tests.large_model.conftest import TOY_LABELS
 
 HDFS = [

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from core.errors import DataError
 from large_model import prompts
+from large_model.answer import build_explanation
 from large_model.encoding import PromptEncoder
-from large_model.inference import Explainer, build_explanation
+from large_model.inference import Explainer
 from large_model.schema import Explanation, LabelSet
 from tests.large_model.conftest import TOY_LABELS
 from tests.large_model.tiny import make_tiny_base
@@ -299,7 +300,7 @@ def test_generation_never_chooses_an_invalid_escape(tiny_base: Path) -> None:
 def test_generate_fields_retries_an_open_field_once_within_the_budget() -> None:
     """A field left open is written once more by ``retry``; its text replaces the open one only when the
     retry closes it; the retry's tokens count against the total; no retry once the total is spent."""
-    from large_model.inference import generate_fields
+    from large_model.answer import generate_fields
 
     calls: list[tuple[str, str, int]] = []
 

@@ -192,8 +192,8 @@ def test_real_log_records_add_the_other_category_and_calibrate_its_threshold(
 ) -> None:
     """Real-log records beside the data are trained as category 'other'; the saved explainer carries the
     category threshold calibrated on its held-out records, and inference loads it."""
+    from core.labels import OTHER
     from data_gen.real_anomalies import TRAIN_FILE, record
-    from large_model.schema import OTHER
     from tests.large_model.test_grounding import HDFS
 
     data = tmp_path / "data"

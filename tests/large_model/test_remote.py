@@ -190,7 +190,7 @@ def test_a_missing_explainer_folder_is_named(
     missing: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.settings import Settings
-    from large_model.inference import load_explainer
+    from large_model.loader import load_explainer
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

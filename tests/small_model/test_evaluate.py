@@ -11,14 +11,8 @@ import pytest
 
 from core.errors import DataError
 from core.schema import SequenceRecord
-from small_model.evaluate import (
-    best_f1_threshold,
-    compare_table,
-    evaluate_bgl,
-    evaluate_detector,
-    evaluate_scores,
-    write_report,
-)
+from small_model.evaluate import compare_table, evaluate_bgl, evaluate_detector, write_report
+from small_model.metrics import best_f1_threshold, evaluate_scores, roc_auc
 from tests.fake_detector import FakeDetector
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -56,6 +50,14 @@ def test_one_class_gives_json_safe_nones() -> None:
     json.dumps(m, allow_nan=False)
     with pytest.raises(ValueError):
         evaluate_scores([0, 1], [0.2], 0.5)
+
+
+def test_single_figures_refuse_what_one_class_leaves_undefined() -> None:
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="anomalous"):
+        best_f1_threshold([0, 0], [0.1, 0.2])
+    assert best_f1_threshold([1, 1], [0.3, 0.6])[1] == 1.0  # anomalies only: flag them all
 
 
 def test_compare_table() -> None:

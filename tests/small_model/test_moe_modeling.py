@@ -12,6 +12,8 @@ import torch
 
 from small_model.config import DetectorConfig
 from small_model.data import LineVectors, window_owner, window_starts
+from small_model.detection import Detection, risk_level
+from small_model.metrics import best_f1_threshold
 from small_model.modeling import (
     MoELayer,
     build_model,
@@ -23,10 +25,8 @@ from small_model.scoring import (
     Calibration,
     MoEBertDetector,
     ScoreStats,
-    best_f1_threshold,
     calibrate_fusion,
     line_batch,
-    risk_level,
 )
 
 torch.set_num_threads(1)
@@ -361,6 +361,9 @@ def test_best_f1_threshold_and_risk_levels() -> None:
     assert risk_level(0.7, 0.5) == "medium"
     assert risk_level(0.4, 0.5) == "low"
     assert risk_level(0.9, 0.95) == "low"
+    # a decision of its own (DeepLog's any-miss rule) is graded by the same rule
+    assert Detection.of(0.9, True) == Detection(0.9, True, "high")
+    assert Detection.of(0.3, True).risk == "medium" and Detection.of(0.95, False).risk == "low"
 
 
 def test_fusion_gives_weight_only_to_parts_that_add_something() -> None:

@@ -20,7 +20,7 @@ from small_model.scoring import MoEBertDetector
 
 torch.set_num_threads(1)
 
-TINY = {
+TINY: dict[str, Any] = {
     "scratch_layers": 2,
     "scratch_hidden": 48,
     "scratch_heads": 2,

@@ -20,7 +20,7 @@ from small_model.scoring import MoEBertDetector
 torch.set_num_threads(1)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-TINY = {
+TINY: dict[str, Any] = {
     "scratch_layers": 2, "scratch_hidden": 48, "scratch_heads": 2, "scratch_intermediate": 96, "seq_heads": 2,
     "seq_intermediate": 96, "expert_hidden": 48, "head_hidden": 16, "precision": "fp32",
 }  # fmt: skip
