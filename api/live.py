@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from api.detecting import detect_and_store, queue_followups
 from api.metrics import Metrics
 from api.outage import OutageLog
-from api.routes.detect import detect_and_store, queue_followups
 from api.services import DetectorService
 from core.sessions import LogRecord, SessionKeys, SessionRules
 from core.settings import Settings

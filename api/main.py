@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api.alerts import AlertDispatcher
+from api.detecting import alert_sinks, wake_consumers
 from api.errors import error_responses, install_error_handlers
 from api.live import LiveSessions
 from api.metrics import Metrics, MetricsMiddleware
@@ -98,13 +99,10 @@ def create_app(
                 )
             for worker in app.state.workers:
                 worker.start()
-        app.state.alerts = AlertDispatcher(db, settings, metrics) if detect.alert_sinks(settings) else None
+        app.state.alerts = AlertDispatcher(db, settings, metrics) if alert_sinks(settings) else None
 
         def stored() -> None:  # live sessions stored detections: their explanations and alerts are queued
-            for worker in app.state.workers:
-                worker.wake()
-            if app.state.alerts is not None:
-                app.state.alerts.wake()
+            wake_consumers(app.state.workers, app.state.alerts)
 
         app.state.live = LiveSessions(db, app.state.detector, settings, metrics, on_stored=stored)
         app.state.live.start()

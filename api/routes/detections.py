@@ -11,9 +11,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from api.deps import SessionDep
 from api.errors import error_responses
-from api.routes.detect import to_out
-from api.routes.explain import explanation_out
 from api.schemas import DetectionDetail, DetectionPage, Facets, RiskLevel, Text, Timeline, TimelineBucket, UtcDatetime
+from api.views import detection_out, explanation_out
 from db import crud, queue
 from db.base import utcnow
 
@@ -52,7 +51,7 @@ async def list_detections(
     rows, total = await crud.list_detections(
         session, since, until, anomalous_only, category, limit, offset, risk=risk, service=service
     )
-    return DetectionPage(items=[to_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    return DetectionPage(items=[detection_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get(
@@ -122,7 +121,7 @@ async def get_detection(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no detection {detection_id}")
     job = await queue.latest_job(session, detection_id)
     return DetectionDetail(
-        **to_out(row).model_dump(),
+        **detection_out(row).model_dump(),
         log_entries=list(row.log_entries),
         explanation=explanation_out(row),
         job_status=job.status if job is not None else None,
