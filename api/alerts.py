@@ -24,6 +24,7 @@ from api.outage import OutageLog
 from core.settings import Settings
 from db import alerts, crud, queue
 from db.base import utcnow
+from db.errors import is_database_outage
 from db.models import ACTIVE_STATUSES, Detection
 from db.session import Database
 
@@ -133,7 +134,14 @@ class AlertDispatcher:
         }  # fmt: skip
         self.client = client or httpx.AsyncClient(timeout=settings.alert_timeout_seconds)
         self.poller = Poller(
-            "alert-dispatcher", self.run_once, CLAIM_BATCH, poll_seconds, self.outage, log, "alert dispatcher: error"
+            "alert-dispatcher",
+            self.run_once,
+            CLAIM_BATCH,
+            poll_seconds,
+            self.outage,
+            is_database_outage,
+            log,
+            "alert dispatcher: error",
         )
 
     def wake(self) -> None:

@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from api.outage import OutageLog
-from db.errors import is_database_outage
+if TYPE_CHECKING:  # the micro-batcher imports this module on the CLIs' start path: nothing heavy at import
+    from api.outage import OutageLog
 
 
 class BackgroundTask:
@@ -42,9 +42,10 @@ class BackgroundTask:
 
 class Poller(BackgroundTask):
     """Calls ``work()`` (it returns how many items it handled) in a background task: again at once after a full
-    batch (``batch`` items or more), else after ``wake()`` or ``poll_seconds``. A database outage is logged
-    through ``outage`` (once when it starts, once when it ends), any other error with its traceback each time
-    (``failure`` says whose); the loop lives on."""
+    batch (``batch`` items or more), else after ``wake()`` or ``poll_seconds``. An outage (an error
+    ``is_outage`` recognises, e.g. :func:`db.errors.is_database_outage`) is logged through ``outage`` (once when
+    it starts, once when it ends), any other error with its traceback each time (``failure`` says whose); the
+    loop lives on."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class Poller(BackgroundTask):
         batch: int,
         poll_seconds: float,
         outage: OutageLog,
+        is_outage: Callable[[BaseException], bool],
         logger: logging.Logger,
         failure: str,
     ) -> None:
@@ -61,6 +63,7 @@ class Poller(BackgroundTask):
         self.batch = batch
         self.poll_seconds = poll_seconds
         self.outage = outage
+        self.is_outage = is_outage
         self.logger = logger
         self.failure = failure
         self._wake = asyncio.Event()
@@ -76,7 +79,7 @@ class Poller(BackgroundTask):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep the loop alive: a database outage is logged once, a bug each time
-                if is_database_outage(exc):
+                if self.is_outage(exc):
                     self.outage.failed(exc)
                 else:
                     self.logger.exception(self.failure)

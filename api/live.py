@@ -24,6 +24,7 @@ from core.sessions import LogRecord, SessionKeys, SessionRules
 from core.settings import Settings
 from db import live
 from db.base import utcnow
+from db.errors import is_database_outage
 from db.session import Database
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class LiveSessions:
         self.on_stored = on_stored
         self.backlog = 0  # sessions due to close at the last look
         self.closer = Poller(
-            "live-session-closer", self.close_due, CLOSE_BATCH, settings.session_sweep_seconds, self.outage, log,
+            "live-session-closer", self.close_due, CLOSE_BATCH, settings.session_sweep_seconds, self.outage,
+            is_database_outage, log,
             "live sessions: closing failed",
         )  # fmt: skip
         self._reported_timeouts = 0
