@@ -12,13 +12,13 @@ that its summary and suggested response are the explainer's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
 
 import httpx
 
+from api.background import Poller
 from api.metrics import Metrics
 from api.outage import OutageLog
 from core.settings import Settings
@@ -133,47 +133,29 @@ class AlertDispatcher:
             if url
         }  # fmt: skip
         self.client = client or httpx.AsyncClient(timeout=settings.alert_timeout_seconds)
-        self.poll_seconds = poll_seconds
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.poller = Poller(
+            "alert-dispatcher",
+            self.run_once,
+            CLAIM_BATCH,
+            poll_seconds,
+            self.outage,
+            is_database_outage,
+            log,
+            "alert dispatcher: error",
+        )
 
     def wake(self) -> None:
         """Deliveries were queued: look now."""
-        self._wake.set()
+        self.poller.wake()
 
     def start(self) -> None:
         """Run the dispatcher as a background task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="alert-dispatcher")
+        self.poller.start()
 
     async def stop(self) -> None:
         """Stop; pending deliveries stay in the database for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.poller.stop()
         await self.client.aclose()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                handled = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep the loop alive: a database outage is logged once, a bug each time
-                if is_database_outage(exc):
-                    self.outage.failed(exc)
-                else:
-                    log.exception("alert dispatcher: error")
-                handled = 0
-            else:
-                self.outage.ok()
-            if handled >= CLAIM_BATCH:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
     async def run_once(self) -> int:
         """Send the deliveries that are due; the number taken."""

@@ -7,7 +7,6 @@ sequences, whichever comes first. The model runs in a worker thread, off the eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -15,6 +14,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from api.background import BackgroundTask
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,7 +65,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch = max(1, max_batch)
         self.enabled = enabled
         self._queue: asyncio.Queue[_Pending[T, R]] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._collector = BackgroundTask("micro-batcher", self._run)
         self._lock = asyncio.Lock()  # one model call at a time when batching is off
         self.batches = 0
         self.items = 0
@@ -72,17 +73,13 @@ class MicroBatcher(Generic[T, R]):
 
     async def start(self) -> None:
         """Start the collector task (inside the running loop)."""
-        if self.enabled and self._task is None:
+        if self.enabled and not self._collector.running:
             self._queue = asyncio.Queue()
-            self._task = asyncio.create_task(self._run(), name="micro-batcher")
+            self._collector.start()
 
     async def stop(self) -> None:
         """Stop the collector; pending callers get an error."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._collector.stop()
 
     async def submit(self, items: list[T]) -> list[R]:
         """Score ``items`` (possibly together with other callers' items) and return their results."""

@@ -103,8 +103,8 @@ def _detect(args: argparse.Namespace) -> int:
 
 async def _detect_stored(args: argparse.Namespace, settings: Any, detector_path: Path) -> int:
     """Through the API's services: detections stored, anomalies queued and (with --explain) explained."""
+    from api.detecting import detect_and_store
     from api.metrics import Metrics
-    from api.routes.detect import detect_and_store
     from api.services import DetectorService, ExplainerService
     from api.worker import ExplainWorker
     from db import crud, queue

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorOut
-from core.errors import LogTriageError
+from core.errors import LimitError, LogTriageError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
 async def user_error(_: Request, exc: Exception) -> JSONResponse:
     """422 with the message of a :class:`LogTriageError` (bad input found past the schema)."""
     return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+async def too_large(_: Request, exc: Exception) -> JSONResponse:
+    """413 with the message of a :class:`LimitError` (the limit and the value)."""
+    return JSONResponse({"detail": str(exc)}, status_code=413)
 
 
 async def http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -94,6 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """The handlers above, and :class:`AnswerErrors` inside the app's own middleware."""
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(LogTriageError, user_error)
+    app.add_exception_handler(LimitError, too_large)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
     app.add_middleware(AnswerErrors)

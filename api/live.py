@@ -10,15 +10,15 @@ answer 429 when the detector cannot keep up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from api.background import Poller
+from api.detecting import detect_and_store, queue_followups
 from api.metrics import Metrics
 from api.outage import OutageLog
-from api.routes.detect import detect_and_store, queue_followups
 from api.services import DetectorService
 from core.sessions import LogRecord, SessionKeys, SessionRules
 from core.settings import Settings
@@ -51,8 +51,11 @@ class LiveSessions:
         self.keys = SessionKeys(self.rules)
         self.on_stored = on_stored
         self.backlog = 0  # sessions due to close at the last look
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.closer = Poller(
+            "live-session-closer", self.close_due, CLOSE_BATCH, settings.session_sweep_seconds, self.outage,
+            is_database_outage, log,
+            "live sessions: closing failed",
+        )  # fmt: skip
         self._reported_timeouts = 0
 
     def _key_all(self, records: Sequence[LogRecord], now: float) -> list[tuple[str, bool]]:
@@ -98,7 +101,7 @@ class LiveSessions:
             await session.commit()
         if closed:
             self.backlog += closed  # due now: counted before the closer's next look
-            self._wake.set()
+            self.closer.wake()
         return closed
 
     async def close_due(self, limit: int = CLOSE_BATCH) -> int:
@@ -161,37 +164,12 @@ class LiveSessions:
 
     def wake(self) -> None:
         """Look for sessions to close now."""
-        self._wake.set()
+        self.closer.wake()
 
     def start(self) -> None:
         """Run the closer as a background task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="live-session-closer")
+        self.closer.start()
 
     async def stop(self) -> None:
         """Stop the closer; open sessions stay in the database for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                handled = await self.close_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep the loop alive: a database outage is logged once, a bug each time
-                if is_database_outage(exc):
-                    self.outage.failed(exc)
-                else:
-                    log.exception("live sessions: closing failed")
-                handled = 0
-            else:
-                self.outage.ok()
-            if handled >= CLOSE_BATCH:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.session_sweep_seconds)
+        await self.closer.stop()

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api.alerts import AlertDispatcher
+from api.detecting import alert_sinks, wake_consumers
 from api.errors import error_responses, install_error_handlers
 from api.live import LiveSessions
 from api.metrics import Metrics, MetricsMiddleware
@@ -66,11 +67,47 @@ def create_app(
     """Build the app. Models given here are used as they are; otherwise they load from the settings."""
     settings = settings or get_settings()
     metrics = Metrics()
+    app = FastAPIOffline(  # /docs and /redoc from the package's own assets: they work offline
+        title="LogTriage",
+        version="0.1.0",
+        summary="Log anomaly detection (MoE-BERT) with LLM explanations",
+        description="Score log sequences with a small detector; the anomalous ones are explained by an LLM "
+        "(category, severity, root cause, suggested response). Every result is stored.",
+        lifespan=_lifespan(settings, metrics, detector, explainer, clusterer),
+    )
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.detector = app.state.explainer = app.state.live = app.state.alerts = None
+    app.state.workers = []
+    _include_routers(app, settings)
+    install_error_handlers(app)  # before the middleware below, so that they count its 500s
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # a database outage is answered 503 with Retry-After on every route, logged once per outage
+    app.state.db_outage = install_database_outage_handler(app, settings.db_retry_after_seconds, log)
+    return app
+
+
+def _include_routers(app: FastAPI, settings: Settings) -> None:
+    """The API's routers behind the key check (where keys are set), the health routes and the page open."""
+    guarded = auth_dependencies(settings)  # the key scheme is declared (and checked) only where keys are set
+    errors = error_responses(*([401] if settings.api_keys else []), 422, 500, 503)
+    for module in (detect, explain, detections, otlp, jobs):
+        app.include_router(module.router, dependencies=guarded, responses=errors)
+    app.include_router(health.router, responses=error_responses(500))  # open, like the docs
+    # the page is open too; its API calls carry the operator's key
+    app.include_router(ui.router, responses=error_responses(500))
+    app.mount("/ui/static", ui.static, name="ui-static")
+
+
+def _lifespan(
+    settings: Settings, metrics: Metrics, detector: Any, explainer: Any, clusterer: Any
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the database and the models (those not given, loaded once), the background parts
+    started; on the way out, stopped in the reverse order."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
-        app.state.db = db
+        db = app.state.db = Database(settings.database_url)
         if settings.migrate_on_start:
             await db.upgrade()
         det, expl, clus = detector, explainer, clusterer
@@ -78,88 +115,66 @@ def create_app(
             det, loaded_expl, loaded_clus = await asyncio.to_thread(load_models, settings)
             expl = expl if expl is not None else loaded_expl
             clus = clus if clus is not None else loaded_clus
-        app.state.detector = DetectorService(det, settings, metrics, clusterer=clus)
-        app.state.explainer = (
-            ExplainerService(expl, metrics, settings) if expl is not None and settings.load_explainer else None
-        )
-        await app.state.detector.batcher.start()
-        app.state.workers = []
-        if app.state.explainer is not None:
-            app.state.workers = [
-                ExplainWorker(db, app.state.explainer, settings, metrics) for _ in range(settings.workers)
-            ]
-            if settings.workers > app.state.explainer.concurrency:
-                log.info(
-                    "%d explanation workers over an explainer that runs %d call(s) at a time: %d explain at once, "
-                    "the others wait without holding a job",
-                    settings.workers,
-                    app.state.explainer.concurrency,
-                    app.state.explainer.concurrency,
-                )
-            for worker in app.state.workers:
-                worker.start()
-        app.state.alerts = AlertDispatcher(db, settings, metrics) if detect.alert_sinks(settings) else None
-
-        def stored() -> None:  # live sessions stored detections: their explanations and alerts are queued
-            for worker in app.state.workers:
-                worker.wake()
-            if app.state.alerts is not None:
-                app.state.alerts.wake()
-
-        app.state.live = LiveSessions(db, app.state.detector, settings, metrics, on_stored=stored)
-        app.state.live.start()
-        if app.state.alerts is not None:
-            app.state.alerts.start()
-        log.info(
-            "LogTriage ready: detector %s, explainer %s, database %s",
-            app.state.detector.version,
-            app.state.explainer.model_name if app.state.explainer else None,
-            db.dialect,
-        )
+        await _start(app.state, db, settings, metrics, det, expl, clus)
         try:
             yield
         finally:
-            await app.state.live.stop()
-            if app.state.alerts is not None:
-                await app.state.alerts.stop()
-            # SIGTERM: no new job; running ones get the shutdown grace, then go back to the queue
-            await asyncio.gather(*(worker.stop() for worker in app.state.workers))
-            await app.state.detector.batcher.stop()
-            await db.dispose()
+            await _stop(app.state, db)
 
-    app = FastAPIOffline(  # /docs and /redoc from the package's own assets: they work offline
-        title="LogTriage",
-        version="0.1.0",
-        summary="Log anomaly detection (MoE-BERT) with LLM explanations",
-        description="Score log sequences with a small detector; the anomalous ones are explained by an LLM "
-        "(category, severity, root cause, suggested response). Every result is stored.",
-        lifespan=lifespan,
+    return lifespan
+
+
+async def _start(
+    state: Any, db: Database, settings: Settings, metrics: Metrics, detector: Any, explainer: Any, clusterer: Any
+) -> None:
+    """The model services, the explanation workers, the alert dispatcher and the live sessions, started."""
+    state.detector = DetectorService(detector, settings, metrics, clusterer=clusterer)
+    state.explainer = (
+        ExplainerService(explainer, metrics, settings) if explainer is not None and settings.load_explainer else None
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.detector = None
-    app.state.explainer = None
-    app.state.workers = []
-    app.state.live = None
-    app.state.alerts = None
+    await state.detector.batcher.start()
+    state.workers = _explain_workers(db, state.explainer, settings, metrics)
+    for worker in state.workers:
+        worker.start()
+    state.alerts = AlertDispatcher(db, settings, metrics) if alert_sinks(settings) else None
+    # live sessions stored detections: their explanations and alerts are queued
+    state.live = LiveSessions(
+        db, state.detector, settings, metrics, on_stored=lambda: wake_consumers(state.workers, state.alerts)
+    )
+    state.live.start()
+    if state.alerts is not None:
+        state.alerts.start()
+    log.info(
+        "LogTriage ready: detector %s, explainer %s, database %s",
+        state.detector.version,
+        state.explainer.model_name if state.explainer else None,
+        db.dialect,
+    )
 
-    guarded = auth_dependencies(settings)  # the key scheme is declared (and checked) only where keys are set
-    errors = error_responses(*([401] if settings.api_keys else []), 422, 500, 503)
-    app.include_router(detect.router, dependencies=guarded, responses=errors)
-    app.include_router(explain.router, dependencies=guarded, responses=errors)
-    app.include_router(detections.router, dependencies=guarded, responses=errors)
-    app.include_router(otlp.router, dependencies=guarded, responses=errors)
-    app.include_router(jobs.router, dependencies=guarded, responses=errors)
-    app.include_router(health.router, responses=error_responses(500))  # open, like the docs
-    app.include_router(
-        ui.router, responses=error_responses(500)
-    )  # the page is open too; its API calls carry the operator's key
-    app.mount("/ui/static", ui.static, name="ui-static")
-    install_error_handlers(app)  # before the middleware below, so that they count its 500s
 
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    # a database outage is answered 503 with Retry-After on every route, logged once per outage
-    app.state.db_outage = install_database_outage_handler(app, settings.db_retry_after_seconds, log)
+def _explain_workers(
+    db: Database, explainer: ExplainerService | None, settings: Settings, metrics: Metrics
+) -> list[ExplainWorker]:
+    """The in-process explanation workers (none without an explainer)."""
+    if explainer is None:
+        return []
+    if settings.workers > explainer.concurrency:
+        log.info(
+            "%d explanation workers over an explainer that runs %d call(s) at a time: %d explain at once, "
+            "the others wait without holding a job",
+            settings.workers,
+            explainer.concurrency,
+            explainer.concurrency,
+        )
+    return [ExplainWorker(db, explainer, settings, metrics) for _ in range(settings.workers)]
 
-    return app
+
+async def _stop(state: Any, db: Database) -> None:
+    """Everything :func:`_start` started, stopped; the database's connections closed."""
+    await state.live.stop()
+    if state.alerts is not None:
+        await state.alerts.stop()
+    # SIGTERM: no new job; running ones get the shutdown grace, then go back to the queue
+    await asyncio.gather(*(worker.stop() for worker in state.workers))
+    await state.detector.batcher.stop()
+    await db.dispose()

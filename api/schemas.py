@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from core.user_regex import pattern_problem
 from small_model.detection import RiskLevel
 
 ExplainMode = Literal["auto", "never", "always"]
@@ -138,10 +139,9 @@ class WindowSpec(BaseModel):
             pattern = getattr(self, name)
             if pattern is None:
                 continue
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{label} {pattern!r} is not a regular expression: {exc}") from None
+            problem = pattern_problem(pattern)  # the engine the pattern runs on (core.user_regex)
+            if problem is not None:
+                raise ValueError(f"{label} {pattern!r} is not a regular expression: {problem}")
         return self
 
 

@@ -151,7 +151,7 @@ async def _tail(args: argparse.Namespace) -> int:
         verdicts = await detector.detect([c.lines for c in closed])
         ids: list[str | None] = [None] * len(closed)
         if db is not None:
-            from api.routes.detect import detect_and_store, queue_followups
+            from api.detecting import detect_and_store, queue_followups
 
             items: list[tuple[str | None, list[str], dict[str, Any] | None]] = [
                 (c.key, c.lines, {"type": "session", "key": c.key, "close_reason": c.reason, "source": "tail",

@@ -19,20 +19,18 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_api import drive, free_port, process_cpu, start_server
+from serving import drive, process_cpu, running_server
 
 from core.io import read_records
 
@@ -46,39 +44,6 @@ def rss_mb(pid: int) -> tuple[float, float]:
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1]) / 1024
     return rss, hwm
-
-
-async def timed_load(url: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, float]:
-    """``clients`` loops sending bodies in turn until ``seconds`` have passed; latencies and errors."""
-    latencies: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + seconds
-    counter = iter(range(10**12))
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        while time.perf_counter() < stop:
-            body = bodies[next(counter) % len(bodies)]
-            start = time.perf_counter()
-            try:
-                r = await client.post("/detect", json=body)
-                errors += r.status_code >= 300
-            except httpx.HTTPError:
-                errors += 1
-            latencies.append(time.perf_counter() - start)
-
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*[client_loop(client) for _ in range(clients)])
-        wall = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "rps": len(latencies) / wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-    }
 
 
 def main() -> int:
@@ -97,38 +62,32 @@ def main() -> int:
         for r in records
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
         env = {
             "LOGTRIAGE_DETECTOR_PATH": args.detector,
             "LOGTRIAGE_LOAD_EXPLAINER": "false",
             "LOGTRIAGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/load.db",
         }
-        proc = start_server(env, port)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            asyncio.run(drive(url, "/detect", bodies, 8, len(bodies)))  # warm-up: every body once
+        with running_server(env) as server:
+            asyncio.run(drive(server.url, "/detect", bodies, 8, len(bodies)))  # warm-up: every body once
             time.sleep(2)
-            start_rss, _ = rss_mb(proc.pid)
+            start_rss, _ = rss_mb(server.pid)
             peak = [start_rss]
             done = threading.Event()
 
             def watch() -> None:
                 while not done.wait(0.5):
-                    peak.append(rss_mb(proc.pid)[0])
+                    peak.append(rss_mb(server.pid)[0])
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            cpu0 = process_cpu(proc.pid)
-            stats = asyncio.run(timed_load(url, bodies, args.clients, args.seconds))
-            cpu = process_cpu(proc.pid) - cpu0
+            cpu0 = process_cpu(server.pid)
+            stats = asyncio.run(drive(server.url, "/detect", bodies, args.clients, seconds=args.seconds))
+            cpu = process_cpu(server.pid) - cpu0
             done.set()
             watcher.join()
             time.sleep(args.settle)
-            after_rss, hwm = rss_mb(proc.pid)
-            health = httpx.get(f"{url}/health", timeout=10).status_code
-        finally:
-            proc.terminate()
-            proc.wait()
+            after_rss, hwm = rss_mb(server.pid)
+            health = httpx.get(f"{server.url}/health", timeout=10).status_code
     lengths = [len(r.log_entries) for r in records]
     back = after_rss <= start_rss * (1 + args.memory_tolerance)
     result = {

@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,37 +25,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from serving import running_server
 
 from core.io import iter_records
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(env_overrides: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """A real uvicorn server of the app, once its /ready answers 200."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", **env_overrides}
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError("the server did not become ready in 600 s")
 
 
 def bodies(sequences: list[list[str]], batch: int, offset: int) -> list[tuple[bytes, int]]:
@@ -94,7 +63,8 @@ async def exporter(client: httpx.AsyncClient, work: list[tuple[bytes, int]], sta
             raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
 
 
-async def drive(url: str, sequences: list[list[str]], exporters: int, batch: int) -> dict[str, Any]:
+async def export_all(url: str, sequences: list[list[str]], exporters: int, batch: int) -> dict[str, Any]:
+    """``exporters`` concurrent exporters send the sequences' records, then wait until every session is stored."""
     per = [sequences[i::exporters] for i in range(exporters)]
     offsets = [sum(len(p) for p in per[:i]) for i in range(exporters)]
     work = [bodies(p, batch, off) for p, off in zip(per, offsets, strict=True)]
@@ -132,17 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for exporters in (int(x) for x in args.exporters.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
-            port = free_port()
             env = {"LOGTRIAGE_DETECTOR_PATH": args.detector, "LOGTRIAGE_LOAD_EXPLAINER": "false",
                    "LOGTRIAGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench.db",
                    "LOGTRIAGE_SESSION_IDLE_SECONDS": str(args.idle), "LOGTRIAGE_SESSION_SWEEP_SECONDS": "0.2",
                    "LOGTRIAGE_OTLP_LINE_TEMPLATE": "{body}"}  # fmt: skip
-            proc: subprocess.Popen[bytes] = start_server(env, port)
-            try:
-                rows.append(asyncio.run(drive(f"http://127.0.0.1:{port}", sequences, exporters, args.batch)))
-            finally:
-                proc.terminate()
-                proc.wait(30)
+            with running_server(env) as server:
+                rows.append(asyncio.run(export_all(server.url, sequences, exporters, args.batch)))
     print("| exporters | records | sessions | accepted records/s | end to end records/s (scored, stored) | 429s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:

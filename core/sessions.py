@@ -11,8 +11,8 @@ keep them in memory (:class:`Sessionizer`). A key is one of
   (``svc:<service>@<window start>``).
 
 A record without the configured key (no trace id, no regex match) falls into its service's window,
-so nothing is dropped. Regexes come from users: they run with a timeout (the ``regex`` package), a
-match that takes longer counts as no match and is counted (``timeouts``).
+so nothing is dropped. Regexes come from users: they run as :class:`core.user_regex.UserRegex` (a timeout
+per match; a match that takes longer counts as no match and is counted in ``timeouts``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Literal
 import regex
 
 from core.errors import DataError
+from core.user_regex import DEFAULT_TIMEOUT_SECONDS, UserRegex
 
 KeyKind = Literal["trace_id", "regex", "service_window"]
 # a W3C trace id written in a text line (trace_id=..., traceId: "...") when the record carries none
@@ -57,7 +58,7 @@ class SessionRules:
     max_lines: int = 1000
     end_pattern: str | None = None
     max_open: int = 10_000
-    regex_timeout_seconds: float = 0.05
+    regex_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
 
     @classmethod
     def from_settings(cls, settings: object) -> SessionRules:
@@ -74,14 +75,6 @@ class SessionRules:
         )
 
 
-def compile_user_regex(pattern: str, what: str) -> regex.Pattern[str]:
-    """Compile a user's regex, or a :class:`DataError` naming the setting and the problem."""
-    try:
-        return regex.compile(pattern)
-    except regex.error as exc:
-        raise DataError(f"invalid {what} regex {pattern!r}: {exc}") from None
-
-
 class SessionKeys:
     """The key of a record and whether a line ends its session, under one set of rules."""
 
@@ -92,22 +85,20 @@ class SessionKeys:
                 f"(got {rules.max_lines}, {rules.max_open}, {rules.window_seconds}, {rules.idle_seconds})"
             )
         self.rules = rules
-        self.key_pattern: regex.Pattern[str] | None = None
+        timeout = rules.regex_timeout_seconds
+        self.key_pattern: UserRegex | None = None
         if rules.key == "regex":
             if not rules.key_regex:
                 raise DataError("session key 'regex' needs a regex (LOGTRIAGE_SESSION_KEY_REGEX, --key-regex)")
-            self.key_pattern = compile_user_regex(rules.key_regex, "session key")
+            self.key_pattern = UserRegex(rules.key_regex, "session key", timeout)
         elif rules.key not in ("trace_id", "service_window"):
             raise DataError(f"unknown session key {rules.key!r} (use trace_id, regex or service_window)")
-        self.end = compile_user_regex(rules.end_pattern, "session end") if rules.end_pattern else None
-        self.timeouts = 0  # regex matches abandoned for taking too long
+        self.end = UserRegex(rules.end_pattern, "session end", timeout) if rules.end_pattern else None
 
-    def _search(self, pattern: regex.Pattern[str], line: str) -> regex.Match[str] | None:
-        try:
-            return pattern.search(line, timeout=self.rules.regex_timeout_seconds)
-        except TimeoutError:
-            self.timeouts += 1
-            return None
+    @property
+    def timeouts(self) -> int:
+        """Regex matches abandoned for taking too long."""
+        return sum(p.timeouts for p in (self.key_pattern, self.end) if p is not None)
 
     def window_key(self, record: LogRecord, now: float | None = None) -> str:
         """``svc:<service>@<window start, UTC>``: the service's window the record's time falls in."""
@@ -125,7 +116,7 @@ class SessionKeys:
             if m is not None:
                 return f"trace:{m.group(1).lower()}"
         if self.key_pattern is not None:
-            m = self._search(self.key_pattern, record.line)
+            m = self.key_pattern.search(record.line)
             if m is not None:
                 value = m.group(1) if self.key_pattern.groups and m.group(1) is not None else m.group(0)
                 if value:
@@ -134,7 +125,7 @@ class SessionKeys:
 
     def ends(self, line: str) -> bool:
         """Whether the line closes its session (the end pattern matches)."""
-        return self.end is not None and self._search(self.end, line) is not None
+        return self.end is not None and self.end.search(line) is not None
 
 
 @dataclass

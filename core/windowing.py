@@ -4,22 +4,24 @@ Three strategies behind one function (:func:`make_windows`): fixed windows of ``
 sliding windows of ``size`` lines every ``step`` lines, and sessions grouped by a key taken
 from each line by a regex (first group, or the whole match) or from a field of a parsed record.
 
-Session key regexes are user input (the API takes one per request), so they run on RE2: matching
-takes time linear in the line, whatever the pattern (no catastrophic backtracking); the features
-RE2 leaves out (backreferences, lookaround) are refused with a clear error.
+Session key regexes are user input, so they run as every user regex does
+(:class:`core.user_regex.UserRegex`: a timeout per line, no catastrophic backtracking holds the caller;
+a line whose matching gives up has no key and is counted in a warning).
 :func:`window_work` gives the lines a windowing will produce before any window is built.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import re2
+from typing import Literal
 
 from core.errors import DataError, LimitError
+from core.user_regex import DEFAULT_TIMEOUT_SECONDS, UserRegex
+
+log = logging.getLogger(__name__)
 
 WindowType = Literal["fixed", "sliding", "session"]
 
@@ -88,8 +90,10 @@ def session_windows(
     max_open: int = 100_000,
     unmatched: Literal["drop", "own"] = "drop",
     max_lines: int | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> Iterator[Window]:
-    """Group lines by a session key: a regex (its first group, else the whole match) or a function.
+    """Group lines by a session key: a regex (its first group, else the whole match; ``timeout_seconds`` per
+    line) or a function.
 
     Sessions are emitted when the stream ends; to keep memory bounded the oldest open session is
     emitted when more than ``max_open`` are open. Lines without a key are dropped, or with
@@ -97,13 +101,14 @@ def session_windows(
     (HDFS lines naming two blocks) joins each of their sessions. With ``max_lines``, a
     :class:`LimitError` is raised as soon as the sessions hold more lines than that in all.
     """
+    pattern: UserRegex | None = None
     if isinstance(key, str):
-        pattern = compile_key(key)
+        user = pattern = UserRegex(key, "session key", timeout_seconds)
 
         def keys_of(line: str) -> list[str]:
             found = []
-            for m in pattern.finditer(line):
-                value = m.group(1) if pattern.groups else m.group(0)
+            for m in user.finditer(line):
+                value = m.group(1) if user.groups else m.group(0)
                 if value is not None and value not in found:
                     found.append(value)
             return found
@@ -134,20 +139,12 @@ def session_windows(
             held += 1
             if max_lines is not None and held > max_lines:
                 raise LimitError(f"the sessions hold more than {max_lines} lines in all")
+    if pattern is not None and pattern.timeouts:
+        log.warning(
+            "the session key regex %r gave up on %d lines after %.0f ms each: they had no key",
+            key, pattern.timeouts, 1000 * timeout_seconds,
+        )  # fmt: skip
     yield from open_sessions.values()
-
-
-def compile_key(key: str) -> Any:
-    """A session key regex compiled by RE2 (linear-time matching); a clear error for what RE2 refuses."""
-    options = re2.Options()
-    options.log_errors = False  # the error goes to the caller, not to stderr
-    try:
-        return re2.compile(key, options)
-    except re2.error as exc:
-        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise DataError(
-            f"invalid session key regex {key!r}: {reason} (RE2 syntax: no backreferences or lookaround)"
-        ) from None
 
 
 def window_work(n_lines: int, window_type: WindowType, size: int, step: int | None = None) -> int | None:

@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from api.deps import SessionDep
 from api.errors import error_responses
-from api.routes.detect import to_out
-from api.routes.explain import explanation_out
 from api.schemas import DetectionDetail, DetectionPage, Facets, RiskLevel, Text, Timeline, TimelineBucket, UtcDatetime
+from api.views import detection_out, explanation_out
 from db import crud, queue
 from db.base import utcnow
 
@@ -26,10 +26,33 @@ TARGET_BUCKETS = 60
 # bucket widths the timeline picks from when none is asked for (seconds)
 NICE_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
-Since = Annotated[UtcDatetime | None, Query(description="from this time (inclusive, ISO 8601)")]
-Until = Annotated[UtcDatetime | None, Query(description="until this time (exclusive)")]
-Risk = Annotated[list[RiskLevel] | None, Query(description="risk levels to keep (repeat the parameter)")]
-Service = Annotated[Text | None, Query(max_length=200, description="the service the logs came from")]
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """The filters the history and its timeline share: a time range, risk levels, a service."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    risk: list[RiskLevel] | None = None
+    service: str | None = None
+
+
+async def history_filter(
+    since: Annotated[
+        UtcDatetime | None,
+        Query(description="from this time (inclusive, ISO 8601; the timeline: default 24 hours before until)"),
+    ] = None,
+    until: Annotated[
+        UtcDatetime | None, Query(description="until this time (exclusive; the timeline: default now)")
+    ] = None,
+    risk: Annotated[list[RiskLevel] | None, Query(description="risk levels to keep (repeat the parameter)")] = None,
+    service: Annotated[Text | None, Query(max_length=200, description="the service the logs came from")] = None,
+) -> HistoryFilter:
+    """The shared filters of a history query."""
+    return HistoryFilter(since, until, risk, service)
+
+
+FilterDep = Annotated[HistoryFilter, Depends(history_filter)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -39,20 +62,25 @@ def _utc(value: datetime) -> datetime:
 @router.get("/detections", response_model=DetectionPage, summary="Stored detections, newest first")
 async def list_detections(
     session: SessionDep,
-    since: Since = None,
-    until: Until = None,
+    filters: FilterDep,
     anomalous_only: bool = False,
     category: Annotated[Text | None, Query(max_length=100, description="explanation category")] = None,
-    risk: Risk = None,
-    service: Service = None,
     limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DetectionPage:
     """One page of detections matching the filters, and how many match in all."""
     rows, total = await crud.list_detections(
-        session, since, until, anomalous_only, category, limit, offset, risk=risk, service=service
+        session,
+        filters.since,
+        filters.until,
+        anomalous_only,
+        category,
+        limit,
+        offset,
+        risk=filters.risk,
+        service=filters.service,
     )
-    return DetectionPage(items=[to_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    return DetectionPage(items=[detection_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get(
@@ -63,8 +91,7 @@ async def list_detections(
 )
 async def timeline(
     session: SessionDep,
-    since: Annotated[UtcDatetime | None, Query(description="from this time (default: 24 hours before until)")] = None,
-    until: Annotated[UtcDatetime | None, Query(description="until this time (default: now)")] = None,
+    filters: FilterDep,
     bucket_seconds: Annotated[
         int | None,
         Query(
@@ -73,11 +100,10 @@ async def timeline(
             description=f"bucket width in seconds (default: about {TARGET_BUCKETS} buckets over the range)",
         ),
     ] = None,
-    risk: Risk = None,
-    service: Service = None,
 ) -> Timeline:
     """Anomalous detections counted per time bucket and explanation category (counted by the database)."""
     # by default until the end of the current second (until is exclusive): whole buckets over the default span
+    since, until = filters.since, filters.until
     end = _utc(until) if until is not None else utcnow().replace(microsecond=0) + timedelta(seconds=1)
     start = (_utc(since) if since is not None else end - DEFAULT_SPAN).replace(microsecond=0)
     span = (end - start).total_seconds()
@@ -87,7 +113,7 @@ async def timeline(
     if math.ceil(span / width) > crud.MAX_BUCKETS:  # finer than the limit allows: the narrowest width that fits
         width = math.ceil(span / crud.MAX_BUCKETS)
     n = math.ceil(span / width)
-    counted = await crud.anomaly_timeline(session, start, end, width, risk=risk, service=service)
+    counted = await crud.anomaly_timeline(session, start, end, width, risk=filters.risk, service=filters.service)
     buckets = [TimelineBucket(start=start + timedelta(seconds=i * width), total=0, counts={}) for i in range(n)]
     per_category: dict[str, int] = {}
     for (index, category), count in sorted(counted.items()):
@@ -122,7 +148,7 @@ async def get_detection(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no detection {detection_id}")
     job = await queue.latest_job(session, detection_id)
     return DetectionDetail(
-        **to_out(row).model_dump(),
+        **detection_out(row).model_dump(),
         log_entries=list(row.log_entries),
         explanation=explanation_out(row),
         job_status=job.status if job is not None else None,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api.deps import DatabaseDep, DatabaseOutageDep, ExplainerDep, LoadedDetectorDep, MetricsDep, SettingsDep
 from api.schemas import Health, Ready
 from db import queue
 
@@ -18,30 +19,34 @@ async def health() -> Health:
 
 
 @router.get("/ready", response_model=Ready, summary="Readiness", responses={503: {"model": Ready}})
-async def ready(request: Request, response: Response) -> Ready:
+async def ready(
+    response: Response,
+    database: DatabaseDep,
+    outage: DatabaseOutageDep,
+    settings: SettingsDep,
+    detector: LoadedDetectorDep,
+    explainer: ExplainerDep,
+) -> Ready:
     """Models loaded, the database reachable and (``LOGTRIAGE_READY_REQUIRES_LLM``) the LLM backend up; 503 otherwise."""
-    state = request.app.state
-    database = await state.db.ping()
-    if database and getattr(state, "db_outage", None) is not None:
-        state.db_outage.ok()  # logs the end of an outage the routes saw
-    detector = state.detector is not None
-    explainer_needed = state.settings.load_explainer and state.settings.workers > 0
-    explainer = state.explainer is not None
-    llm = state.explainer.health.report() if explainer else None
+    reachable = await database.ping()
+    if reachable and outage is not None:
+        outage.ok()  # logs the end of an outage the routes saw
+    explainer_needed = settings.load_explainer and settings.workers > 0
+    llm = explainer.health.report() if explainer is not None else None
     llm_down = llm is not None and llm["state"] == "down" and explainer_needed
-    ok = database and detector and (explainer or not explainer_needed)
-    ok = ok and not (llm_down and state.settings.ready_requires_llm)
+    ok = reachable and detector is not None and (explainer is not None or not explainer_needed)
+    ok = ok and not (llm_down and settings.ready_requires_llm)
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Ready(
         ready=ok,
-        detector=detector,
-        explainer=explainer,
-        database=database,
-        detector_version=state.detector.version if detector else None,
-        explainer_model=state.explainer.model_name if explainer else None,
-        detector_profile=getattr(state.detector, "profile", None) if detector else None,
-        explainer_profile=getattr(getattr(state.explainer, "explainer", None), "profile", None) if explainer else None,
+        detector=detector is not None,
+        explainer=explainer is not None,
+        database=reachable,
+        detector_version=detector.version if detector is not None else None,
+        explainer_model=explainer.model_name if explainer is not None else None,
+        detector_profile=getattr(detector, "profile", None) if detector is not None else None,
+        explainer_profile=getattr(explainer.explainer, "profile", None) if explainer is not None else None,
         llm=llm["state"] if llm else None,
         llm_error=llm["last_error"] if llm else None,
         llm_retry_in_seconds=llm["retry_in_seconds"] if llm else None,
@@ -54,13 +59,12 @@ async def ready(request: Request, response: Response) -> Ready:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(database: DatabaseDep, metrics: MetricsDep) -> Response:
     """Request counts and latencies, sequences scored, anomalies, explanation queue depth."""
-    state = request.app.state
     try:
-        async with state.db.session() as session:
+        async with database.session() as session:
             for name, count in (await queue.counts(session)).items():
-                state.metrics.queue_depth.labels(name).set(count)
+                metrics.queue_depth.labels(name).set(count)
     except Exception:  # metrics must answer even while the database is away
         pass
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

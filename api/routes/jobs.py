@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import SessionDep, SettingsDep, WorkersDep
+from api.deps import SessionDep, SettingsDep, WakeDep
 from api.errors import error_responses
 from api.schemas import Text
 from db import queue
@@ -85,12 +85,11 @@ async def list_jobs(
     responses=error_responses(400, 413),
 )
 async def retry_jobs(
-    session: SessionDep, settings: SettingsDep, workers: WorkersDep, body: RetryRequest | None = None
+    session: SessionDep, settings: SettingsDep, wake: WakeDep, body: RetryRequest | None = None
 ) -> RetryResponse:
     """Every failed job (or those of ``detection_ids``) goes back to the queue with fresh tries
     (``LOGTRIAGE_JOB_MAX_ATTEMPTS``); a detection explained or queued since is left alone."""
     ids = body.detection_ids if body is not None else None
     requeued = await queue.retry_failed(session, ids, max_attempts=settings.job_max_attempts)
-    for worker in workers:
-        worker.wake()
+    wake()
     return RetryResponse(requeued=requeued, count=len(requeued))

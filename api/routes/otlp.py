@@ -17,7 +17,7 @@ import time
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.deps import MetricsDep, SettingsDep
+from api.deps import LiveDep, MetricsDep, SettingsDep
 from api.otlp import (
     CODE_INVALID_ARGUMENT,
     CODE_RESOURCE_EXHAUSTED,
@@ -62,12 +62,11 @@ def _decode(body: bytes, kind: str, encoding: str | None, settings: Settings) ->
         503: {"description": "detector or database unavailable; retry after Retry-After seconds"},
     },
 )
-async def export_logs(request: Request, settings: SettingsDep, metrics: MetricsDep) -> Response:
+async def export_logs(request: Request, settings: SettingsDep, metrics: MetricsDep, live: LiveDep) -> Response:
     """Take the log records of an OTLP export; each joins its live session (by trace id, regex or service window)."""
     kind = JSON
     try:
         kind = media_type(request.headers.get("content-type"))
-        live = getattr(request.app.state, "live", None)
         if live is None:
             raise OtlpError(503, "the detector is not loaded yet (see GET /ready)")
         if live.backlog > settings.ingest_max_backlog:

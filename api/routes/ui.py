@@ -14,6 +14,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from api.deps import SettingsDep
+
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 # the page runs only its own files: no inline script, nothing from another origin
 CSP = (
@@ -31,9 +33,8 @@ def _template() -> str:
 
 
 @router.get("/ui", response_class=HTMLResponse, include_in_schema=False)  # a page, like /docs: not an API operation
-async def dashboard(request: Request) -> HTMLResponse:
+async def dashboard(request: Request, settings: SettingsDep) -> HTMLResponse:
     """The dashboard page; it tells the script whether the API asks for a key."""
-    settings = request.app.state.settings
     page = _template().replace("{{AUTH_REQUIRED}}", "true" if settings.api_keys else "false")
     page = page.replace("{{VERSION}}", html.escape(request.app.version))
     return HTMLResponse(
