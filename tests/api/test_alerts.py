@@ -149,6 +149,14 @@ async def test_webhook_survives_a_down_receiver_and_never_alerts_twice(make_clie
             body = bodies[0]
             assert body["detection"]["id"] == detection["id"] and body["detection"]["risk"] == detection["risk_level"]
             assert "anomaly" in body["text"] and detection["id"] in body["text"]  # Slack-compatible text with the link
+
+            # the dispatcher marks the delivery sent once the receiver has answered (a moment after the body lands)
+            async def marked_sent() -> list[Any]:
+                async with client.app.state.db.session() as s:  # type: ignore[attr-defined]
+                    found = await alerts.for_detection(s, detection["id"])
+                return found if [d.status for d in found] == ["sent"] else []
+
+            assert await wait_for(marked_sent, 30), "the delivery is marked sent"
             # queueing the same detection's alert again (a replayed request, a second replica): no duplicate
             async with client.app.state.db.session() as s:  # type: ignore[attr-defined]
                 await alerts.enqueue(s, [detection["id"]], ["webhook"])
