@@ -97,14 +97,9 @@ def _print(item: dict[str, Any], as_json: bool) -> None:
         print(f"     line {top['index'] + 1:>3} (+{top['contribution']:.3f}): {top['line'][:150]}", flush=True)
 
 
-async def _tail(args: argparse.Namespace) -> int:
-    from api.metrics import Metrics
-    from api.services import DetectorService
-    from core.settings import settings_with
-    from small_model.registry import load_detector
-
-    settings = settings_with(database_url=args.database_url)
-    rules = SessionRules(
+def _session_rules(args: argparse.Namespace, settings: Any) -> SessionRules:
+    """The session rules: the command's options, else the LOGTRIAGE_SESSION_* settings."""
+    return SessionRules(
         key=args.session_key or settings.session_key,
         key_regex=args.key_regex or settings.session_key_regex,
         window_seconds=args.window_seconds or settings.session_window_seconds,
@@ -114,27 +109,103 @@ async def _tail(args: argparse.Namespace) -> int:
         max_open=args.max_open or settings.session_max_open,
         regex_timeout_seconds=settings.session_regex_timeout_ms / 1000.0,
     )
-    sessions = Sessionizer(rules)
-    follower = (
-        None if args.input == "-" else Follower(Path(args.input), args.from_start, settings.max_line_bytes_request)
-    )
-    service = args.service or ("stdin" if follower is None else Path(args.input).name)
-    if follower is not None:  # from here on every appended line is read, also while the detector loads
-        where = "its start" if args.from_start else "its end"
-        print(f"following {args.input} from {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
-    detector_path = Path(args.detector or settings.detector_path)
-    detector = DetectorService(
-        await asyncio.to_thread(load_detector, detector_path, args.device or settings.device),
-        settings,
-        Metrics(),
-        args.top,
-    )
-    db = None
-    if args.store:
-        from db.session import Database
 
-        db = Database(settings.database_url)
-        await db.upgrade()
+
+def _open_follower(args: argparse.Namespace, settings: Any) -> Follower | None:
+    """The follower of the file (None for stdin); from here on every appended line is read."""
+    if args.input == "-":
+        return None
+    follower = Follower(Path(args.input), args.from_start, settings.max_line_bytes_request)
+    where = "its start" if args.from_start else "its end"
+    print(f"following {args.input} from {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    return follower
+
+
+async def _load_detector(args: argparse.Namespace, settings: Any) -> Any:
+    """The detector service over the artifact of ``--detector`` (loaded off the event loop)."""
+    from api.metrics import Metrics
+    from api.services import DetectorService
+    from small_model.registry import load_detector
+
+    detector_path = Path(args.detector or settings.detector_path)
+    loaded = await asyncio.to_thread(load_detector, detector_path, args.device or settings.device)
+    return DetectorService(loaded, settings, Metrics(), args.top)
+
+
+async def _open_database(args: argparse.Namespace, settings: Any) -> Any:
+    """The database, upgraded to the current schema, with ``--store``; else None."""
+    if not args.store:
+        return None
+    from db.session import Database
+
+    db = Database(settings.database_url)
+    await db.upgrade()
+    return db
+
+
+class _Reporter:
+    """Scores closed sessions, stores them with ``--store``, prints them and counts them."""
+
+    def __init__(self, args: argparse.Namespace, settings: Any, detector: Any, db: Any) -> None:
+        self.args = args
+        self.settings = settings
+        self.detector = detector
+        self.db = db
+        self.sessions = 0
+        self.anomalous = 0
+
+    async def _store(self, closed: list[ClosedSession], verdicts: list[Any]) -> list[str | None]:
+        from api.detecting import detect_and_store, queue_followups
+
+        items: list[tuple[str | None, list[str], dict[str, Any] | None]] = [
+            (c.key, c.lines, {"type": "session", "key": c.key, "close_reason": c.reason, "source": "tail",
+                              "service": c.service}) for c in closed
+        ]  # fmt: skip
+        async with self.db.session() as session:
+            rows = await detect_and_store(session, self.detector, self.settings, items, "tail", verdicts=verdicts)
+            await queue_followups(session, self.settings, rows)
+            await session.commit()
+        return [r.id for r in rows]
+
+    async def report(self, closed: list[ClosedSession]) -> None:
+        """Score, store (with ``--store``) and print the closed sessions that hold a non-blank line."""
+        closed = [c for c in closed if any(line.strip() for line in c.lines)]
+        if not closed:
+            return
+        verdicts = await self.detector.detect([c.lines for c in closed])
+        ids: list[str | None] = [None] * len(closed)
+        if self.db is not None:
+            ids = await self._store(closed, verdicts)
+        for c, v, detection_id in zip(closed, verdicts, ids, strict=True):
+            self.sessions += 1
+            self.anomalous += v.is_anomaly
+            item = {"id": detection_id, "sequence_id": c.key, "score": round(v.score, 6), "is_anomaly": v.is_anomaly,
+                    "risk_level": v.risk_level, "close_reason": c.reason, "log_entries": c.lines,
+                    "top_lines": v.top_lines, "model_version": v.model_version}  # fmt: skip
+            if detection_id is None:
+                item.pop("id")
+            _print(item, self.args.json)
+
+
+async def _read_stdin(queue: asyncio.Queue[str | None], poll: float) -> tuple[list[str], bool]:
+    """The lines queued from stdin within ``poll`` seconds, and whether stdin has ended."""
+    lines: list[str] = []
+    ended = False
+    with contextlib.suppress(TimeoutError):
+        first = await asyncio.wait_for(queue.get(), poll)
+        while first is not None:
+            lines.append(first)
+            if queue.empty():
+                break
+            first = queue.get_nowait()
+        ended = first is None
+    return lines, ended
+
+
+async def _read_loop(
+    args: argparse.Namespace, follower: Follower | None, sessions: Sessionizer, reporter: _Reporter, service: str
+) -> None:
+    """Read lines until stdin ends or a signal comes, reporting sessions as they close; then close the rest."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,68 +213,44 @@ async def _tail(args: argparse.Namespace) -> int:
     stdin_queue: asyncio.Queue[str | None] = asyncio.Queue()
     if follower is None:
         threading.Thread(target=_stdin_lines, args=(loop, stdin_queue), daemon=True).start()
-    counts = {"sessions": 0, "anomalous": 0}
+    ended = False
+    while not stop.is_set() and not ended:
+        if follower is not None:
+            lines = await asyncio.to_thread(follower.read)
+        else:
+            lines, ended = await _read_stdin(stdin_queue, args.poll)
+        now = time.time()
+        closed: list[ClosedSession] = []
+        for line in lines:
+            if line.strip():
+                closed += sessions.add(LogRecord(line=line, service=service, time=now), now)
+        closed += sessions.expire(now)
+        await reporter.report(closed)
+        if not lines and follower is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.poll)
+    await reporter.report(sessions.flush())
 
-    async def report(closed: list[ClosedSession]) -> None:
-        closed = [c for c in closed if any(line.strip() for line in c.lines)]
-        if not closed:
-            return
-        verdicts = await detector.detect([c.lines for c in closed])
-        ids: list[str | None] = [None] * len(closed)
-        if db is not None:
-            from api.detecting import detect_and_store, queue_followups
 
-            items: list[tuple[str | None, list[str], dict[str, Any] | None]] = [
-                (c.key, c.lines, {"type": "session", "key": c.key, "close_reason": c.reason, "source": "tail",
-                                  "service": c.service}) for c in closed
-            ]  # fmt: skip
-            async with db.session() as session:
-                rows = await detect_and_store(session, detector, settings, items, "tail", verdicts=verdicts)
-                await queue_followups(session, settings, rows)
-                await session.commit()
-            ids = [r.id for r in rows]
-        for c, v, detection_id in zip(closed, verdicts, ids, strict=True):
-            counts["sessions"] += 1
-            counts["anomalous"] += v.is_anomaly
-            item = {"id": detection_id, "sequence_id": c.key, "score": round(v.score, 6), "is_anomaly": v.is_anomaly,
-                    "risk_level": v.risk_level, "close_reason": c.reason, "log_entries": c.lines,
-                    "top_lines": v.top_lines, "model_version": v.model_version}  # fmt: skip
-            if detection_id is None:
-                item.pop("id")
-            _print(item, args.json)
+async def _tail(args: argparse.Namespace) -> int:
+    from core.settings import settings_with
 
+    settings = settings_with(database_url=args.database_url)
+    sessions = Sessionizer(_session_rules(args, settings))
+    follower = _open_follower(args, settings)
+    service = args.service or ("stdin" if follower is None else Path(args.input).name)
+    db = None
     try:
-        ended = False
-        while not stop.is_set() and not ended:
-            if follower is not None:
-                lines = await asyncio.to_thread(follower.read)
-            else:
-                lines = []
-                with contextlib.suppress(TimeoutError):
-                    first = await asyncio.wait_for(stdin_queue.get(), args.poll)
-                    while first is not None:
-                        lines.append(first)
-                        if stdin_queue.empty():
-                            break
-                        first = stdin_queue.get_nowait()
-                    ended = first is None
-            now = time.time()
-            closed: list[ClosedSession] = []
-            for line in lines:
-                if line.strip():
-                    closed += sessions.add(LogRecord(line=line, service=service, time=now), now)
-            closed += sessions.expire(now)
-            await report(closed)
-            if not lines and follower is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.poll)
-        await report(sessions.flush())
+        detector = await _load_detector(args, settings)
+        db = await _open_database(args, settings)
+        reporter = _Reporter(args, settings, detector, db)
+        await _read_loop(args, follower, sessions, reporter, service)
     finally:
         if follower is not None:
             follower.close()
         if db is not None:
             await db.dispose()
-    print(f"{counts['sessions']} sessions, {counts['anomalous']} anomalous (closed: {sessions.closed_by_reason}; "
+    print(f"{reporter.sessions} sessions, {reporter.anomalous} anomalous (closed: {sessions.closed_by_reason}; "
           f"regex timeouts: {sessions.keys.timeouts})", file=sys.stderr)  # fmt: skip
     return 0
 

@@ -43,10 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 from large_model.bundled import resolve_base  # noqa: E402
 from large_model.encoding import PromptEncoder, keeps_text, load_examples, split_examples  # noqa: E402
+from large_model.feature_cache import FeatureCache, step_loss  # noqa: E402
 from large_model.inference import Explainer  # noqa: E402
 from large_model.quant import load_for_training  # noqa: E402
 from large_model.schema import LabelSet  # noqa: E402
-from large_model.train import FeatureCache, TrainLargeArgs, _collate, step_loss  # noqa: E402
+from large_model.train_args import TrainLargeArgs  # noqa: E402
+from large_model.train_data import collate  # noqa: E402
 
 DEFAULTS = TrainLargeArgs()
 
@@ -88,7 +90,7 @@ def bench_training(args: argparse.Namespace, labels: LabelSet) -> dict[str, obje
     for step in range(args.train_steps + 1):
         indices = [(step * args.batch_size + i) % len(encoded) for i in range(args.batch_size)]
         chunk = [encoded[i] for i in indices]
-        batch = _collate(chunk, tm.tokenizer.pad_token_id, tm.device)
+        batch = collate(chunk, tm.tokenizer.pad_token_id, tm.device)
         if cache is not None:
             batch["features"] = cache.batch_features(indices, batch["input_ids"].shape[1])
         started = time.perf_counter()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
-from large_model import evaluate, train
+from large_model import evaluate, train, train_args
 from large_model.answer import DEFAULT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], argparse.ArgumentParser], Handler]] = {
-    "train-large": ("QLoRA fine-tune the LLM explainer", train.add_arguments, train.run),
+    "train-large": ("QLoRA fine-tune the LLM explainer", train_args.add_arguments, train.run),
     "explain": (
         "explain anomalous log sequences (category, severity, root cause, response)",
         add_explain_arguments,

@@ -135,44 +135,27 @@ def load_eval_rows(
     return rows
 
 
-def evaluate_explainer(
-    explainer: Any,
-    rows: Sequence[dict[str, Any]],
-    progress: bool = True,
-    desc: str = "evaluate",
-    generate_limit: int | None = None,
-) -> dict[str, Any]:
-    """Every figure for one explainer over ``rows``.
-
-    Labels are scored on every row; the texts are generated for the first ``generate_limit``
-    rows only (all where None): schema-valid rate, ROUGE-L and latency count those rows.
-    """
+def _explain_all(
+    explainer: Any, rows: Sequence[dict[str, Any]], progress: bool, desc: str, generated_n: int
+) -> tuple[list[ExplainResult], list[float]]:
+    """The explainer's result for every row (texts for the first ``generated_n``) and those rows' latencies."""
     from tqdm.auto import tqdm
 
     results: list[ExplainResult] = []
     latencies: list[float] = []
-    generated_n = len(rows) if generate_limit is None else min(generate_limit, len(rows))
     for index, row in enumerate(tqdm(rows, desc=desc, unit="seq", disable=not progress)):
         started = time.perf_counter()
         result = explainer.explain_detailed(row["log_entries"], row.get("lang", "en"), generate=index < generated_n)
         if index < generated_n:
             latencies.append(time.perf_counter() - started)
         results.append(result)
-    scored_only = results[generated_n:]
-    results_gen = results[:generated_n]
-    labels: LabelSet = explainer.labels
-    labeled = [(x, r) for x, r in zip(results, rows, strict=True) if r["category"] is not None]
-    cats = classification_figures(
-        [r["category"] for _, r in labeled], [x.explanation.category for x, _ in labeled], labels.categories
-    )
-    sevs = classification_figures(
-        [r["severity"] for _, r in labeled], [x.explanation.severity for x, _ in labeled], labels.severities
-    )
-    checks = [_text_checks(x, r) for x, r in zip(results_gen, rows, strict=False)]
-    with_ref = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("suggested_response")]
-    with_cause = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("root_cause")]
-    sorted_lat = sorted(latencies) or [0.0]
-    scoring_s = [x.seconds for x in scored_only]
+    return results, latencies
+
+
+def _by_source(
+    results: list[ExplainResult], rows: Sequence[dict[str, Any]], checks: list[dict[str, Any]], generated_n: int
+) -> dict[str, dict[str, Any]]:
+    """The other rate, category accuracy, grounding and loop rates per row source."""
     by_source: dict[str, dict[str, Any]] = {}
     for index, (x, r) in enumerate(zip(results, rows, strict=True)):
         part = by_source.setdefault(str(r.get("source") or "synthetic"), {"n": 0, "other": 0, "right": 0,
@@ -186,32 +169,26 @@ def evaluate_explainer(
             part["generated"] += 1
             part["grounded"] += not checks[index]["ungrounded"]
             part["loops"] += checks[index]["loop"]
-    confidences = [x.explanation.confidence for x in results if x.explanation.confidence is not None]
     return {
-        "model": explainer.name,
-        "base": explainer.base,
-        "evidence": getattr(explainer, "flow_profile", None) is not None,
-        "n": len(rows),
-        "n_labeled": len(labeled),
-        "n_generated": generated_n,
-        "label_scoring_mean_s": statistics.fmean(scoring_s) if scoring_s else None,
-        "category_accuracy": cats["accuracy"],
-        "category_macro_f1": cats["macro_f1"],
-        "other_rate": sum(x.explanation.category == OTHER for x in results) / len(results) if results else 0.0,
-        "confidence_mean": statistics.fmean(confidences) if confidences else None,
-        "category_threshold": getattr(explainer, "category_threshold", None),
-        "by_source": {
-            name: {
-                "n": p["n"],
-                "other_rate": p["other"] / p["n"],
-                "category_accuracy": p["right"] / p["labeled"] if p["labeled"] else None,
-                "n_generated": p["generated"],
-                "grounding_rate": p["grounded"] / p["generated"] if p["generated"] else None,
-                "loop_rate": p["loops"] / p["generated"] if p["generated"] else None,
-            }
-            for name, p in by_source.items()
-        },
-        "severity_accuracy": sevs["accuracy"],
+        name: {
+            "n": p["n"],
+            "other_rate": p["other"] / p["n"],
+            "category_accuracy": p["right"] / p["labeled"] if p["labeled"] else None,
+            "n_generated": p["generated"],
+            "grounding_rate": p["grounded"] / p["generated"] if p["generated"] else None,
+            "loop_rate": p["loops"] / p["generated"] if p["generated"] else None,
+        }
+        for name, p in by_source.items()
+    }
+
+
+def _text_figures(
+    results_gen: list[ExplainResult], rows: Sequence[dict[str, Any]], checks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Schema-valid, loop and grounding rates and ROUGE-L of the generated texts."""
+    with_ref = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("suggested_response")]
+    with_cause = [(x, r) for x, r in zip(results_gen, rows, strict=False) if r.get("root_cause")]
+    return {
         "schema_valid_rate": sum(x.parsed for x in results_gen) / len(results_gen) if results_gen else 0.0,
         "loop_rate": sum(c["loop"] for c in checks) / len(checks) if checks else 0.0,
         "grounding_rate": sum(not c["ungrounded"] for c in checks) / len(checks) if checks else 0.0,
@@ -221,11 +198,27 @@ def evaluate_explainer(
         "rouge_l_root_cause": rouge_l(
             [x.explanation.root_cause for x, _ in with_cause], [r["root_cause"] for _, r in with_cause]
         ),
+    }
+
+
+def _latency_figures(latencies: list[float]) -> dict[str, float]:
+    """Mean, median and 95th percentile of the generation latencies."""
+    sorted_lat = sorted(latencies) or [0.0]
+    return {
         "latency_mean_s": statistics.fmean(latencies) if latencies else 0.0,
         "latency_p50_s": sorted_lat[len(sorted_lat) // 2],
         "latency_p95_s": sorted_lat[min(len(sorted_lat) - 1, int(0.95 * len(sorted_lat)))],
-        "category_confusion": {"labels": cats["labels"], "matrix": cats["confusion_matrix"]},
-        "severity_confusion": {"labels": sevs["labels"], "matrix": sevs["confusion_matrix"]},
+    }
+
+
+def _findings(
+    results: list[ExplainResult],
+    results_gen: list[ExplainResult],
+    rows: Sequence[dict[str, Any]],
+    checks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A few examples, and the answers to look at: not schema-valid, not grounded, looping."""
+    return {
         "examples": [
             {
                 "sequence_id": r.get("sequence_id"),
@@ -245,6 +238,56 @@ def evaluate_explainer(
         # what the texts named that the input does not show, and the answers that loop
         "not_grounded": [c for c in checks if c["ungrounded"]][:MAX_INVALID_SHOWN],
         "loops": [c for c in checks if c["loop"]][:MAX_INVALID_SHOWN],
+    }
+
+
+def evaluate_explainer(
+    explainer: Any,
+    rows: Sequence[dict[str, Any]],
+    progress: bool = True,
+    desc: str = "evaluate",
+    generate_limit: int | None = None,
+) -> dict[str, Any]:
+    """Every figure for one explainer over ``rows``.
+
+    Labels are scored on every row; the texts are generated for the first ``generate_limit``
+    rows only (all where None): schema-valid rate, ROUGE-L and latency count those rows.
+    """
+    generated_n = len(rows) if generate_limit is None else min(generate_limit, len(rows))
+    results, latencies = _explain_all(explainer, rows, progress, desc, generated_n)
+    scored_only = results[generated_n:]
+    results_gen = results[:generated_n]
+    labels: LabelSet = explainer.labels
+    labeled = [(x, r) for x, r in zip(results, rows, strict=True) if r["category"] is not None]
+    cats = classification_figures(
+        [r["category"] for _, r in labeled], [x.explanation.category for x, _ in labeled], labels.categories
+    )
+    sevs = classification_figures(
+        [r["severity"] for _, r in labeled], [x.explanation.severity for x, _ in labeled], labels.severities
+    )
+    checks = [_text_checks(x, r) for x, r in zip(results_gen, rows, strict=False)]
+    scoring_s = [x.seconds for x in scored_only]
+    confidences = [x.explanation.confidence for x in results if x.explanation.confidence is not None]
+    return {
+        "model": explainer.name,
+        "base": explainer.base,
+        "evidence": getattr(explainer, "flow_profile", None) is not None,
+        "n": len(rows),
+        "n_labeled": len(labeled),
+        "n_generated": generated_n,
+        "label_scoring_mean_s": statistics.fmean(scoring_s) if scoring_s else None,
+        "category_accuracy": cats["accuracy"],
+        "category_macro_f1": cats["macro_f1"],
+        "other_rate": sum(x.explanation.category == OTHER for x in results) / len(results) if results else 0.0,
+        "confidence_mean": statistics.fmean(confidences) if confidences else None,
+        "category_threshold": getattr(explainer, "category_threshold", None),
+        "by_source": _by_source(results, rows, checks, generated_n),
+        "severity_accuracy": sevs["accuracy"],
+        **_text_figures(results_gen, rows, checks),
+        **_latency_figures(latencies),
+        "category_confusion": {"labels": cats["labels"], "matrix": cats["confusion_matrix"]},
+        "severity_confusion": {"labels": sevs["labels"], "matrix": sevs["confusion_matrix"]},
+        **_findings(results, results_gen, rows, checks),
     }
 
 

@@ -61,7 +61,8 @@ def tiny_detector_path(synthetic: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def tiny_explainer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 base with a LoRA adapter from a short QLoRA run on toy data."""
-    from large_model.train import TrainLargeArgs, run_training
+    from large_model.train import run_training
+    from large_model.train_args import TrainLargeArgs
     from tests.large_model.tiny import make_tiny_base, write_toy_data
 
     root = tmp_path_factory.mktemp("explainer")

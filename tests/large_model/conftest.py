@@ -11,7 +11,8 @@ import torch
 
 from large_model.encoding import Example, PromptEncoder, load_examples, split_examples
 from large_model.schema import LabelSet
-from large_model.train import TrainLargeArgs, TrainResult, run_training
+from large_model.train import TrainResult, run_training
+from large_model.train_args import TrainLargeArgs
 from tests.large_model.tiny import TOY_CATEGORIES, TOY_SEVERITIES, make_tiny_base, write_toy_data
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

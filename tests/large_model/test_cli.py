@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from large_model import cli
-from large_model.train import TrainLargeArgs, TrainResult, args_from_namespace
+from large_model.train import TrainResult
+from large_model.train_args import TrainLargeArgs, args_from_namespace
 from logtriage.cli import main
 from tests.large_model.conftest import TOY_LABELS
 

@@ -23,7 +23,9 @@ from large_model.evidence import FLOW_PROFILE_FILE, REFERENCE_FILE, Finding, Flo
 from large_model.inference import Explainer
 from large_model.remote import OpenAIExplainer
 from large_model.schema import LabelSet
-from large_model.train import TrainLargeArgs, encode_examples, reference_profile, run_training
+from large_model.train import run_training
+from large_model.train_args import TrainLargeArgs
+from large_model.train_data import encode_examples, reference_profile
 from tests.large_model.conftest import TOY_LABELS
 
 LANGS = ("en", "zh")
@@ -331,7 +333,7 @@ def test_training_reference_options(train_data: Path, tmp_path: Path, caplog: py
     assert reference_profile(TrainLargeArgs(data=train_data, evidence=False)) == (None, None)
     lonely = tmp_path / "data.jsonl"
     shutil.copy(train_data, lonely)
-    with caplog.at_level(logging.WARNING, logger="large_model.train"):
+    with caplog.at_level(logging.WARNING, logger="large_model.train_data"):
         assert reference_profile(TrainLargeArgs(data=lonely)) == (None, None)
     assert "WITHOUT the flow evidence" in caplog.text
     with pytest.raises(DataError, match="no such file"):

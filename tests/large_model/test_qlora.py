@@ -11,7 +11,8 @@ import torch
 
 from large_model.inference import Explainer
 from large_model.quant import get_lora_config, get_quantization_config, load_for_training
-from large_model.train import TrainLargeArgs, TrainResult, run_training
+from large_model.train import TrainResult, run_training
+from large_model.train_args import TrainLargeArgs
 
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
@@ -172,7 +173,7 @@ def test_train_limit_samples_the_categories_in_turn() -> None:
 
     from core.errors import DataError
     from large_model.encoding import Example
-    from large_model.train import sample_examples
+    from large_model.train_data import sample_examples
 
     cats = ["a"] * 50 + ["b"] * 30 + ["c"] * 4
     examples = [Example(f"s{i}", [], "{}", c, "low") for i, c in enumerate(cats)]
@@ -242,7 +243,7 @@ def test_quick_profile_marks_the_explainer_and_keeps_the_runs_own_settings(
     """`--profile quick` (make demo's): its budgets where the run sets none, "profile" in explainer.json and
     metrics.json, and the loaded explainer says so."""
     from core.errors import DataError
-    from large_model.train import TRAIN_PROFILES
+    from large_model.train_args import TRAIN_PROFILES
 
     args = TrainLargeArgs.for_profile(
         "quick", data=toy_data, output=tmp_path / "quick", base=str(tiny_base), backend="peft", device="cpu",

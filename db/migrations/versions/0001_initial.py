@@ -25,6 +25,7 @@ ACTIVE = sa.text("status IN ('queued', 'running')")
 
 
 def upgrade() -> None:
+    """Create the three tables and their indexes; long because a migration creates the schema in one place."""
     op.create_table(
         "detections",
         sa.Column("id", sa.String(36), nullable=False),
