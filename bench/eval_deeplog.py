@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from core.io import read_records
-from small_model.deeplog import DeepLogDetector, deeplog_trainer, train_evaluate_deeplog
+from small_model.deeplog import DeepLogDetector
+from small_model.deeplog_train import deeplog_trainer, train_evaluate_deeplog
 from small_model.evaluate import compare_table, evaluate_bgl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ import torch
 
 from core.io import read_records, write_records
 from core.schema import SequenceRecord
-from small_model.deeplog import deeplog_trainer, train_evaluate_deeplog
+from small_model.deeplog_train import deeplog_trainer, train_evaluate_deeplog
 from small_model.detector import Detector
 from small_model.evaluate import compare_table, evaluate_bgl, evaluate_detector
 from small_model.moe_train import TrainArgs, train_detector

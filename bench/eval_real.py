@@ -26,7 +26,7 @@ part is used only for the figures.
   :func:`small_model.evaluate.bgl_split`, as ``bench/eval_detector.py --parts bgl`` runs it).
 
 Models: MoE-BERT (``TrainArgs(..., unsupervised=True)`` + ``train_detector``); DeepLog
-(:func:`small_model.deeplog.train_evaluate_deeplog`: ``top_g`` and threshold calibrated on the
+(:func:`small_model.deeplog_train.train_evaluate_deeplog`: ``top_g`` and threshold calibrated on the
 validation labels, the classic rule without them); the rule :class:`UnseenRule`.
 
 Figures: F1, precision and recall at the model's own threshold, ROC-AUC and PR-AUC of its score
@@ -56,7 +56,7 @@ from core.io import read_records, write_json, write_records
 from core.loghub import hdfs_sessions, iter_loghub, read_hdfs_labels
 from core.normalize import Normalizer
 from core.schema import SequenceRecord
-from small_model.deeplog import train_evaluate_deeplog
+from small_model.deeplog_train import train_evaluate_deeplog
 from small_model.evaluate import bgl_split, compare_table, evaluate_detector
 from small_model.metrics import best_f1_threshold
 

@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     if not Path(args.train).exists():
         raise DataError("no such file", args.train)
     if args.model == "deeplog":
-        from small_model.deeplog import train_deeplog
+        from small_model.deeplog_train import train_deeplog
 
         options = model_options(args)
         threads = options.pop("threads", None)

@@ -47,18 +47,12 @@ from core.errors import DataError
 from core.io import read_records
 from core.normalize import Normalizer
 from core.schema import SequenceRecord
+from small_model.calibration import COMPONENTS, ScoreStats, calibrate_fusion
 from small_model.config import DetectorConfig, TrainArgs
 from small_model.data import length_batches, normalize_lines, perturb_lines, stratified_length_batches
 from small_model.metrics import evaluate_scores, per_type_recall, roc_auc
 from small_model.modeling import MoEBertForLogAnomaly, MoEMode, build_model, build_tokenizer, count_parameters
-from small_model.scoring import (
-    COMPONENTS,
-    LineBatch,
-    MoEBertDetector,
-    ScoreStats,
-    calibrate_fusion,
-    line_batch,
-)
+from small_model.scoring import LineBatch, MoEBertDetector, line_batch
 
 logger = logging.getLogger(__name__)
 

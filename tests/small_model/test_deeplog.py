@@ -14,7 +14,8 @@ import torch
 from core.errors import DataError, ModelError
 from core.io import write_records
 from core.schema import SequenceRecord
-from small_model.deeplog import DeepLogConfig, DeepLogDetector, DeepLogLSTM, train_deeplog, windows
+from small_model.deeplog import DeepLogConfig, DeepLogDetector, DeepLogLSTM, windows
+from small_model.deeplog_train import train_deeplog
 from small_model.metrics import roc_auc
 from small_model.registry import detector_kind, load_detector
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from small_model.calibration import Calibration, ScoreStats, calibrate_fusion
 from small_model.config import DetectorConfig
 from small_model.data import LineVectors, window_owner, window_starts
 from small_model.detection import Detection, risk_level
@@ -21,13 +22,7 @@ from small_model.modeling import (
     load_balancing_loss,
     top_p_routing,
 )
-from small_model.scoring import (
-    Calibration,
-    MoEBertDetector,
-    ScoreStats,
-    calibrate_fusion,
-    line_batch,
-)
+from small_model.scoring import MoEBertDetector, line_batch
 
 torch.set_num_threads(1)
 
