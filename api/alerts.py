@@ -170,6 +170,7 @@ class AlertDispatcher:
 
     async def _deliver(self, delivery_id: int, detection_id: str, sink: str, attempts: int, created: Any) -> None:
         async with self.db.session() as session:
+            job = await queue.latest_job(session, detection_id)  # first: a done job's explanation is then visible
             detection = await crud.get_detection(session, detection_id)
             if detection is None:
                 await alerts.mark_retry(session, delivery_id, "the detection was deleted", 0, failed=True)
@@ -180,7 +181,6 @@ class AlertDispatcher:
             if detection.explanation is None and utcnow() - created < timedelta(
                 seconds=self.settings.alert_wait_explanation_seconds
             ):
-                job = await queue.latest_job(session, detection_id)
                 if job is not None and job.status in ACTIVE_STATUSES:  # its explanation is coming: wait for it
                     await alerts.mark_retry(session, delivery_id, None, WAIT_POLL_SECONDS, refund=True)
                     return

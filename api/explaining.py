@@ -62,8 +62,8 @@ async def await_explanation(database: Database, detection_id: str, lang: str, wa
     deadline = time.monotonic() + wait_seconds
     while True:
         async with database.session() as fresh:
+            job = await queue.latest_job(fresh, detection_id)  # first: a done job's explanation is then visible
             row = await crud.get_detection(fresh, detection_id)
-            job = await queue.latest_job(fresh, detection_id)
         assert row is not None
         if row.explanation is not None and row.explanation.lang == lang and (job is None or job.status == "done"):
             return ExplainOutcome("done", row=row)

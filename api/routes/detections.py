@@ -143,10 +143,13 @@ async def get_detection(
     detection_id: Annotated[Text, Path(max_length=MAX_ID_LENGTH)], session: SessionDep
 ) -> DetectionDetail:
     """The stored detection, its lines, its explanation (if done) and its job's status."""
+    # the job first: a worker commits the explanation with the job's "done", and under READ COMMITTED
+    # each statement sees what was committed before it, so a job read as done has its explanation
+    # visible to the next read (the other order could show "done" beside no explanation)
+    job = await queue.latest_job(session, detection_id)
     row = await crud.get_detection(session, detection_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no detection {detection_id}")
-    job = await queue.latest_job(session, detection_id)
     return DetectionDetail(
         **detection_out(row).model_dump(),
         log_entries=list(row.log_entries),
