@@ -13,12 +13,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from small_model.metrics import best_f1_threshold, roc_auc
+from small_model.metrics import best_f1_threshold
 
 # the fused parts: the anomaly head, the kNN distance, and the two reconstruction parts (masked line
 # modeling and forward line modeling); ``recon`` (the worst of the two) is reported, never fused
 COMPONENTS = ("head", "knn", "lines", "next")
 RECON_PARTS = ("lines", "next")
+
+
+def squash(u: np.ndarray) -> np.ndarray:
+    """Robust sigmas past the offset to a score in (0, 1): ``0.5 * exp(u)`` below 0, ``1 - 0.5 / (1 + u)`` above."""
+    u = np.asarray(u, dtype=np.float64)
+    return np.where(u <= 0, 0.5 * np.exp(np.minimum(u, 0.0)), 1.0 - 0.5 / (1.0 + np.maximum(u, 0.0)))
+
+
+def unsquash(score: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`squash`: a score in (0, 1) back on the scale of robust sigmas."""
+    s = np.clip(np.asarray(score, dtype=np.float64), 1e-300, 1.0 - 1e-16)
+    return np.where(s <= 0.5, np.log(2.0 * s), 0.5 / (1.0 - s) - 1.0)
 
 
 @dataclass
@@ -37,7 +49,7 @@ class ScoreStats:
     def apply(self, values: np.ndarray) -> np.ndarray:
         """The normalized score of each raw value."""
         u = (np.asarray(values, dtype=np.float64) - self.center) / max(self.scale, 1e-12) - self.offset
-        return np.where(u <= 0, 0.5 * np.exp(np.minimum(u, 0.0)), 1.0 - 0.5 / (1.0 + np.maximum(u, 0.0)))
+        return squash(u)
 
     @classmethod
     def robust(cls, values: np.ndarray, offset: float = 3.0) -> ScoreStats:
@@ -107,29 +119,38 @@ class Calibration:
 def calibrate_fusion(
     raw: dict[str, np.ndarray], labels: np.ndarray, stats: dict[str, ScoreStats], step: float = 0.1
 ) -> tuple[dict[str, float], float, float]:
-    """Grid-search weights on the simplex (maximizing ROC-AUC + best F1) and the best-F1 threshold.
+    """Grid-search weights on the simplex (maximizing average precision + best F1) and the best-F1 threshold.
 
-    Ties (validation sets that several mixtures separate equally well) go to the mixture of the fewest
-    parts, then to the most balanced one: a part earns its weight only by what it adds on validation.
-    Returns ``(weights, threshold, objective)``.
+    Average precision, not ROC-AUC: what the decision needs is the top of the ranking (the few
+    anomalies among many normal sequences); ROC-AUC also rewards the order among the low-scoring
+    normal bulk, and on a small validation set that picked parts that rank the bulk well and the top
+    badly (real HDFS, 35 validation anomalies: the kNN part alone, test F1 0.49, against 0.69 with the
+    forward part in the mix). Ties (validation sets that several mixtures separate equally well) go to
+    the mixture of the fewest parts, then to the most balanced one: a part earns its weight only by what
+    it adds on validation. The threshold lies midway, in robust sigmas (:func:`unsquash`), between the
+    validation scores on either side of the best cut: midway on the squashed scale would sit close to
+    the lower one, as the squashing packs high scores together. Returns ``(weights, threshold, objective)``.
     """
+    from sklearn.metrics import average_precision_score
+
     y = np.asarray(labels, dtype=np.int64)
     normed = {c: stats[c].apply(raw[c]) for c in COMPONENTS if c in raw and c in stats}
     names = list(normed)
     ticks = round(1 / step)
-    best: tuple[tuple[float, int, float], dict[str, float], float] = ((-1.0, 0, 0.0), {}, 0.5)
+    best: tuple[tuple[float, int, float], dict[str, float], np.ndarray] = ((-1.0, 0, 0.0), {}, np.zeros(0))
     for point in _simplex(len(names), ticks):
         w = {c: p / ticks for c, p in zip(names, point, strict=True)}
         fused = sum(w[c] * normed[c] for c in names)
         assert isinstance(fused, np.ndarray)
-        thr, f1 = best_f1_threshold(y, fused)
-        objective = round(roc_auc(y, fused) + f1, 9)
+        _, f1 = best_f1_threshold(y, fused)
+        objective = round(float(average_precision_score(y, fused)) + f1, 9)
         entropy = -sum(v * math.log(v) for v in w.values() if v > 0)
         key = (objective, -sum(v > 0 for v in w.values()), entropy)
         if key > best[0]:
-            best = (key, w, thr)
-    key, weights, threshold = best
-    return {c: float(weights.get(c, 0.0)) for c in COMPONENTS}, float(threshold), float(key[0])
+            best = (key, w, fused)
+    key, weights, fused = best
+    threshold = float(squash(np.asarray(best_f1_threshold(y, unsquash(fused))[0])))
+    return {c: float(weights.get(c, 0.0)) for c in COMPONENTS}, threshold, float(key[0])
 
 
 def _simplex(dims: int, ticks: int) -> list[tuple[int, ...]]:

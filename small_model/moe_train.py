@@ -361,7 +361,7 @@ def calibrate(
     """Embedding bank, line baselines, robust score stats, fusion weights and threshold; returns notes.
 
     With labeled validation data both tracks fuse head, kNN and reconstruction with weights and a
-    threshold that maximize ROC-AUC + F1 there. Without it, the supervised track scores with the head
+    threshold that maximize average precision + F1 there. Without it, the supervised track scores with the head
     probability (threshold 0.5) and the label-free track fuses with equal weights, thresholded at
     the ``contamination`` quantile of validation (else held-out normal) scores.
     """

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from small_model.calibration import Calibration, ScoreStats, calibrate_fusion
+from small_model.calibration import Calibration, ScoreStats, calibrate_fusion, squash, unsquash
 from small_model.config import DetectorConfig
 from small_model.data import LineVectors, window_owner, window_starts
 from small_model.detection import Detection, risk_level
@@ -380,6 +380,34 @@ def test_fusion_gives_weight_only_to_parts_that_add_something() -> None:
     stats = {c: ScoreStats.robust(v[:100]) for c, v in raw.items()}
     weights, _, _ = calibrate_fusion(raw, y, stats)
     assert weights["lines"] > 0 and weights["next"] > 0 and weights["head"] == weights["knn"] == 0.0
+
+
+def test_fusion_threshold_lies_midway_in_robust_sigmas() -> None:
+    """The cut sits halfway between the validation scores on either side of it on the scale of robust sigmas,
+    not on the squashed scale (which packs high scores together and would put it near the lower one)."""
+    y = np.r_[np.zeros(50), np.ones(10)].astype(int)
+    stats = {"next": ScoreStats(center=0.0, scale=1.0, offset=0.0)}
+    raw = {"next": np.r_[np.linspace(0.0, 10.0, 50), np.linspace(30.0, 40.0, 10)]}  # normals up to 10, anomalies from 30
+    weights, threshold, _ = calibrate_fusion(raw, y, stats)
+    assert weights["next"] == 1.0
+    assert unsquash(np.asarray(threshold)) == pytest.approx(20.0)  # midway between 10 and 30 sigmas
+    assert squash(unsquash(np.asarray([0.01, 0.3, 0.5, 0.9, 0.999]))) == pytest.approx([0.01, 0.3, 0.5, 0.9, 0.999])
+
+
+def test_fusion_prefers_the_part_that_ranks_the_top_right() -> None:
+    """Two parts with the same best F1 on validation: the one whose highest scores are anomalies keeps the
+    larger weight over one that orders the normal bulk better (higher ROC-AUC) but puts normal sequences
+    above every anomaly (the real-HDFS failure: kNN chosen alone, test F1 0.49)."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(200), np.ones(20)].astype(int)
+    # half the anomalies far on top, half lost in the normal bulk: best F1 2*10/30, ROC-AUC ~0.75
+    top = np.r_[rng.normal(0, 1, 200), rng.normal(12, 1, 10), rng.normal(0, 1, 10)]
+    # every anomaly above 180 normals, 20 normals above every anomaly: best F1 2*20/60, ROC-AUC 0.9
+    bulk = np.r_[rng.normal(0, 1, 180), rng.normal(20, 0.5, 20), rng.normal(5, 0.2, 20)]
+    raw = {"knn": bulk, "next": top}
+    stats = {c: ScoreStats.robust(v[:200]) for c, v in raw.items()}
+    weights, _, _ = calibrate_fusion(raw, y, stats)
+    assert weights["next"] > weights["knn"] and weights["next"] >= 0.5, weights
 
 
 def test_a_small_line_cache_gives_the_same_scores(tokenizer) -> None:  # type: ignore[no-untyped-def]
