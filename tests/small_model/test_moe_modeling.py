@@ -387,7 +387,8 @@ def test_fusion_threshold_lies_midway_in_robust_sigmas() -> None:
     not on the squashed scale (which packs high scores together and would put it near the lower one)."""
     y = np.r_[np.zeros(50), np.ones(10)].astype(int)
     stats = {"next": ScoreStats(center=0.0, scale=1.0, offset=0.0)}
-    raw = {"next": np.r_[np.linspace(0.0, 10.0, 50), np.linspace(30.0, 40.0, 10)]}  # normals up to 10, anomalies from 30
+    # normals up to 10 sigmas, anomalies from 30
+    raw = {"next": np.r_[np.linspace(0.0, 10.0, 50), np.linspace(30.0, 40.0, 10)]}
     weights, threshold, _ = calibrate_fusion(raw, y, stats)
     assert weights["next"] == 1.0
     assert unsquash(np.asarray(threshold)) == pytest.approx(20.0)  # midway between 10 and 30 sigmas
