@@ -18,6 +18,7 @@ from typing import Any
 from core.errors import LogTriageError, ModelError
 from core.labels import OTHER
 from large_model import prompts
+from large_model.category_classifier import CLASSIFIER_FILE, CategoryClassifier
 from large_model.evidence import FLOW_PROFILE_FILE, FlowProfile
 from large_model.schema import Explanation
 
@@ -116,18 +117,69 @@ def build_explanation(
     return explanation, complete
 
 
+FUSION_WEIGHTS = tuple(i / 10 for i in range(11))  # the classifier's weights calibration tries, 0 first
+
+
+def log_softmax(scores: Sequence[float]) -> list[float]:
+    """``scores`` shifted so that their exponentials sum to 1."""
+    top = max(scores)
+    total = top + math.log(sum(math.exp(v - top) for v in scores))
+    return [float(v) - total for v in scores]
+
+
+def fuse_scores(scores: Sequence[float], classifier: Sequence[float] | None = None, weight: float = 0.0) -> list[float]:
+    """The category scores the choice is made on: ``(1 - weight) * log_softmax(scores) + weight * classifier``.
+
+    ``scores``: the LLM's label scores; ``classifier``: the category classifier's log-probabilities in the
+    same order. Without a classifier or at weight 0, the LLM's scores as they are (the choice of old)."""
+    if classifier is None or weight <= 0.0:
+        return [float(v) for v in scores]
+    if len(classifier) != len(scores):
+        raise ModelError(f"{len(classifier)} classifier scores for {len(scores)} categories")
+    return [(1.0 - weight) * v + weight * float(c) for v, c in zip(log_softmax(scores), classifier, strict=True)]
+
+
 def choose_category(
-    categories: Sequence[str], scores: Sequence[float], threshold: float | None = None
+    categories: Sequence[str],
+    scores: Sequence[float],
+    threshold: float | None = None,
+    classifier: Sequence[float] | None = None,
+    weight: float = 0.0,
 ) -> tuple[str, float]:
     """The category to report and its confidence: the best-scored one and its softmax share of the
-    label scores (summed log-probabilities); :data:`core.labels.OTHER` when that share is below
-    ``threshold`` (the explainer's calibrated ``category_threshold``; None: never)."""
-    values = [float(v) for v in scores]
+    label scores (summed log-probabilities), fused with the category classifier's log-probabilities
+    (``classifier``) at ``weight`` (:func:`fuse_scores`); :data:`core.labels.OTHER` when that share is
+    below ``threshold`` (the explainer's calibrated ``category_threshold``; None: never)."""
+    values = fuse_scores(scores, classifier, weight)
     best = max(range(len(values)), key=values.__getitem__)  # the first of equal bests, as argmax
     confidence = 1.0 / sum(math.exp(v - values[best]) for v in values)  # its softmax share
     if threshold is not None and confidence < threshold:
         return OTHER, confidence
     return categories[best], confidence
+
+
+def choose_fusion_weight(
+    categories: Sequence[str],
+    truths: Sequence[str],
+    scores: Sequence[Sequence[float]],
+    classifier: Sequence[Sequence[float]],
+    weights: Sequence[float] = FUSION_WEIGHTS,
+) -> tuple[float, dict[str, float]]:
+    """The classifier's weight with the best category accuracy on these (held-out) records, the smallest
+    of equal bests (the LLM trusted where the classifier adds nothing); and the accuracy at every weight."""
+    if not truths or not (len(truths) == len(scores) == len(classifier)):
+        raise ModelError("the fusion weight needs records with both the LLM's and the classifier's scores")
+    accuracy: dict[str, float] = {}
+    best_weight, best = 0.0, -1.0
+    for weight in sorted(weights):
+        right = sum(
+            choose_category(categories, s, None, c, weight)[0] == truth
+            for truth, s, c in zip(truths, scores, classifier, strict=True)
+        )
+        accuracy[f"{weight:g}"] = right / len(truths)
+        if right / len(truths) > best:
+            best_weight, best = weight, right / len(truths)
+    return best_weight, accuracy
 
 
 def generate_fields(
@@ -186,6 +238,30 @@ def folder_profile(folder: Path, meta: Mapping[str, Any] | None = None) -> FlowP
     if meta and meta.get("evidence"):
         raise ModelError(f"{folder} was trained with the flow evidence but holds no {FLOW_PROFILE_FILE}")
     return None
+
+
+def folder_classifier(folder: Path, meta: Mapping[str, Any] | None = None) -> tuple[CategoryClassifier | None, float]:
+    """The category classifier of an explainer folder (``category_classifier.safetensors``), if any, and the
+    weight of its log-probabilities in the fused choice (``fusion_weight`` in ``explainer.json``; 0 where
+    the run chose none). A folder calibrated with a classifier that holds none is a :class:`ModelError`."""
+    if meta is None:
+        meta = read_meta(folder)
+    try:
+        weight = float(meta.get("fusion_weight") or 0.0)
+    except (TypeError, ValueError):
+        raise ModelError(f"{folder / 'explainer.json'}: fusion_weight is not a number") from None
+    if not 0.0 <= weight <= 1.0:
+        raise ModelError(f"{folder / 'explainer.json'}: fusion_weight {weight} is not between 0 and 1")
+    path = folder / CLASSIFIER_FILE
+    if not path.is_file():
+        if weight > 0:
+            raise ModelError(f"{folder} was calibrated with a category classifier (weight {weight}) but holds no "
+                             f"{CLASSIFIER_FILE}")  # fmt: skip
+        return None, 0.0
+    classifier = CategoryClassifier.load(path)
+    log.info("category classifier: %s (%d classes, %d terms), weight %g", path, len(classifier.classes),
+             len(classifier.terms), weight)  # fmt: skip
+    return classifier, weight
 
 
 def read_meta(path: Path) -> dict[str, Any]:

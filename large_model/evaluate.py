@@ -281,6 +281,8 @@ def evaluate_explainer(
         "other_rate": sum(x.explanation.category == OTHER for x in results) / len(results) if results else 0.0,
         "confidence_mean": statistics.fmean(confidences) if confidences else None,
         "category_threshold": getattr(explainer, "category_threshold", None),
+        # the category classifier's weight in the fused category choice (0: the LLM alone)
+        "fusion_weight": getattr(explainer, "fusion_weight", 0.0) if getattr(explainer, "classifier", None) else 0.0,
         "by_source": _by_source(results, rows, checks, generated_n),
         "severity_accuracy": sevs["accuracy"],
         **_text_figures(results_gen, rows, checks),

@@ -7,7 +7,11 @@ merged weights are the very ones the LoRA was trained against, at bf16 speed.
 
 ``explain`` chooses the category, then the severity, by the log-likelihood of each known label
 as the continuation of a fixed prefix (:mod:`prompts`): the prompt runs once into a KV cache and
-all labels of a field are scored in one batched forward from it. The summary, root cause and
+all labels of a field are scored in one batched forward from it. Where the folder holds a category
+classifier (``category_classifier.safetensors``, :mod:`large_model.category_classifier`), the category is
+chosen on the LLM's label log-softmax fused with the classifier's log-probabilities at the weight the
+training run calibrated (``fusion_weight``, :func:`answer.choose_category`); the severity stays the LLM's,
+scored after the chosen category. The summary, root cause and
 suggested response are then generated greedily from the same cache, one JSON string at a time:
 after ``{"category": "<chosen>", "severity": "<chosen>", "summary": "`` the model writes the
 summary up to its closing quote, the fixed joint ``", "root_cause": "`` is appended, and so on
@@ -50,12 +54,14 @@ from large_model.answer import (
     answer_span,
     build_explanation,
     choose_category,
+    folder_classifier,
     folder_profile,
     generate_fields,
     grounding_source,
     read_meta,
 )
 from large_model.bundled import resolve_base
+from large_model.category_classifier import CategoryClassifier
 from large_model.encoding import PromptEncoder, end_of_turn_id
 from large_model.evidence import FlowProfile
 from large_model.grounding import GROUNDED_FIELDS, Grounding, cut_to_sentence, has_loop
@@ -300,10 +306,17 @@ class Explainer:
         flow_profile: FlowProfile | None = None,
         category_threshold: float | None = None,
         grounded: bool = True,
+        classifier: CategoryClassifier | None = None,
+        fusion_weight: float = 0.0,
     ) -> None:
         self.model = model.eval()
         # below this confidence the category is OTHER (calibrated on held-out data at training)
         self.category_threshold = category_threshold
+        # the category classifier fused with the label scores at this weight (calibrated at training)
+        if classifier is not None:
+            classifier.check_labels(labels.categories, flow_profile)
+        self.classifier = classifier
+        self.fusion_weight = fusion_weight
         self.grounded = grounded  # summary and root cause copy names and numbers from the source
         self.tokenizer = tokenizer
         self.labels = labels
@@ -380,6 +393,7 @@ class Explainer:
         label_set = labels or LabelSet.from_json(folder / "labels.json")
         if flow_profile is None:
             flow_profile = folder_profile(folder, meta)
+        classifier, fusion_weight = folder_classifier(folder, meta)
         model = _load_base_for_merge(base_path, meta.get("quantization") == "nf4", torch_dtype, dev)
         from peft import PeftModel
 
@@ -401,6 +415,8 @@ class Explainer:
             short_ids=bool(meta.get("short_ids", False)),
             flow_profile=flow_profile,
             category_threshold=meta.get("category_threshold"),
+            classifier=classifier,
+            fusion_weight=fusion_weight,
         )
         explainer.profile = str(meta.get("profile") or "full")
         return explainer
@@ -415,6 +431,22 @@ class Explainer:
     ) -> Explanation:
         """Explain one anomalous sequence (category and severity scored, texts generated)."""
         return self.explain_detailed(log_entries, lang, context).explanation
+
+    def score_categories(
+        self, log_entries: Sequence[str | bytes], lang: str = "en", context: Mapping[str, Any] | None = None
+    ) -> tuple[list[float], list[float] | None]:
+        """The LLM's label scores of :attr:`labels`' categories and the category classifier's log-probabilities
+        (None without one): what :meth:`explain_detailed` chooses the category from, without the rest."""
+        messages, _ = self.encoder.messages(log_entries, lang, context)
+        scorer = PrefixScorer(self.model, self.tokenizer, self.device)
+        scores = scorer.score(self.encoder.render(messages) + prompts.category_prefix(), self.labels.categories)
+        return scores, self.classifier_scores(log_entries, lang)
+
+    def classifier_scores(self, log_entries: Sequence[str | bytes], lang: str = "en") -> list[float] | None:
+        """The category classifier's log-probabilities of :attr:`labels`' categories (None without one)."""
+        if self.classifier is None:
+            return None
+        return self.classifier.category_log_probs(self.labels.categories, log_entries, lang, self.flow_profile)
 
     def explain_detailed(
         self,
@@ -431,7 +463,10 @@ class Explainer:
         scorer = PrefixScorer(self.model, self.tokenizer, self.device)
         cats = self.labels.categories
         cat_scores = scorer.score(prompt + prompts.category_prefix(), cats)
-        category, confidence = choose_category(cats, cat_scores, self.category_threshold)
+        clf_scores = self.classifier_scores(log_entries, lang)
+        category, confidence = choose_category(
+            cats, cat_scores, self.category_threshold, clf_scores, self.fusion_weight
+        )
         sevs = self.labels.severities
         sev_scores = scorer.score(prompt + prompts.severity_prefix(category), sevs)
         severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
@@ -456,6 +491,9 @@ class Explainer:
             )
         explanation, parsed = build_explanation(category, severity, raws, closed, lang, self.name, self.base)
         explanation = explanation.model_copy(update={"confidence": confidence})
+        extra: dict[str, Any] = {"source": source}
+        if clf_scores is not None:
+            extra["classifier_scores"] = dict(zip(cats, clf_scores, strict=True))
         return ExplainResult(
             explanation=explanation,
             category_scores=dict(zip(cats, cat_scores, strict=True)),
@@ -464,7 +502,7 @@ class Explainer:
             parsed=parsed and generate,
             seconds=time.perf_counter() - started,
             omitted_lines=omitted,
-            extra={"source": source},
+            extra=extra,
         )
 
 

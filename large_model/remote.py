@@ -26,6 +26,10 @@ field's own tokens; the OpenAI API has none of these (vLLM's ``repetition_penalt
 the prompt's tokens, which the answers copy ids from), so a server's field can loop until its
 budget or hold such an escape, and count as not schema-valid.
 
+Where the explainer folder holds a category classifier (:mod:`large_model.category_classifier`), the
+category is chosen, as in process, on the label scores fused with its log-probabilities at the folder's
+``fusion_weight``; that needs the scores, so completions mode only.
+
 ``mode="chat"`` (servers without prompt log-probabilities): constrained prompting through
 ``/v1/chat/completions``: the category and then the severity are asked for as a continuation of
 the assistant's JSON prefix with vLLM's ``guided_choice`` (the server may only answer a known
@@ -52,6 +56,7 @@ from large_model.answer import (
     answer_span,
     build_explanation,
     choose_category,
+    folder_classifier,
     folder_profile,
     generate_fields,
     grounding_source,
@@ -111,6 +116,10 @@ class OpenAIExplainer:
         if flow_profile is None:
             flow_profile = folder_profile(folder)
         self.encoder = PromptEncoder(self.tokenizer, labels, max_prompt_tokens, profile=flow_profile)
+        # the folder's category classifier, fused with the server's label scores (completions mode)
+        self.classifier, self.fusion_weight = folder_classifier(folder) if folder.is_dir() else (None, 0.0)
+        if self.classifier is not None:
+            self.classifier.check_labels(labels.categories, flow_profile)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads at once
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
@@ -266,9 +275,14 @@ class OpenAIExplainer:
         cat_scores: list[float] = []
         sev_scores: list[float] = []
         confidence: float | None = None  # chat mode: the server gives no label scores
+        extra: dict[str, Any] = {"source": grounding_source(log_entries, messages)}
         if self.mode == "completions":
             cat_scores = self._score(prompt + prompts.category_prefix(), cats)
-            category, confidence = choose_category(cats, cat_scores)
+            clf_scores = None
+            if self.classifier is not None:
+                clf_scores = self.classifier.category_log_probs(cats, log_entries, lang, self.encoder.profile)
+                extra["classifier_scores"] = dict(zip(cats, clf_scores, strict=True))
+            category, confidence = choose_category(cats, cat_scores, None, clf_scores, self.fusion_weight)
             sev_scores = self._score(prompt + prompts.severity_prefix(category), sevs)
             severity = sevs[max(range(len(sevs)), key=sev_scores.__getitem__)]
         else:
@@ -292,7 +306,7 @@ class OpenAIExplainer:
             parsed=parsed,
             seconds=seconds,
             omitted_lines=omitted,
-            extra={"source": grounding_source(log_entries, messages)},
+            extra=extra,
         )
 
     def close(self) -> None:

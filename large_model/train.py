@@ -33,6 +33,15 @@ softmax share) becomes ``category_threshold`` in ``explainer.json``: below it, i
 ``other``. ``metrics.json`` and ``explainer.json`` record the calibration (held-out accuracy, the
 share kept confident, the share of held-out real records answered ``other``).
 
+Category classifier (:mod:`large_model.category_classifier`, ``--no-category-classifier`` turns it off): a
+TF-IDF + logistic regression fitted in seconds on the whole training part (not only the ``--train-limit``
+sample the LLM trains on), on the lines as the prompt shows them and the prompt's comparison with normal
+runs, saved as ``category_classifier.safetensors``. Inference fuses its log-probabilities with the LLM's
+label log-softmax at a weight chosen on ``--fusion-examples`` held-out records (0, 0.1, ..., 1; the smallest
+of equal bests); the calibration records above are other held-out records, so the threshold is set on
+the fused confidence and the accuracies reported (LLM alone, classifier alone, fused) come from records
+that chose nothing. ``fusion_weight`` and the figures go into ``explainer.json`` and ``metrics.json``.
+
 Defaults (the bundled 135M base): LoRA r=16 on the top 4 of its 30 layers only, a seeded sample of
 400 training examples (``--train-limit``; the categories in turn, ``--sample``) seen for ~5 epochs in
 960 steps of 2 at lr 4e-3, label tokens weighted 3x, every example with its whole answer; the frozen
@@ -69,6 +78,7 @@ from core.io import write_json, write_jsonl
 from core.labels import OTHER
 from large_model.bundled import resolve_base
 from large_model.calibration import calibrate_threshold
+from large_model.category_classifier import CLASSIFIER_FILE, fit_category_classifier
 from large_model.checkpoints import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from large_model.encoding import PROMPT_VERSION, Example, PromptEncoder, keeps_text, split_examples
 from large_model.evidence import FLOW_PROFILE_FILE, FlowProfile
@@ -161,6 +171,7 @@ class _Run:
 
     examples: list[Example]  # every record read
     train_set: list[Example]  # the (sampled) training part
+    train_all: list[Example]  # the whole training part (the category classifier's records)
     held: list[Example]  # the held-out part: heldout.jsonl and the calibration
     labels: LabelSet
     real: Path | None  # the real-log anomalies added, if any
@@ -191,10 +202,11 @@ def _prepare_run(args: TrainLargeArgs) -> _Run:
     train_set, held = split_examples(examples, args.holdout_fraction, args.seed)
     if not train_set:
         raise DataError("no training examples left after the hold-out split", args.data)
+    train_all = train_set
     if args.train_limit is not None and 0 < args.train_limit < len(train_set):
         train_set = [train_set[i] for i in sample_examples(train_set, args.train_limit, args.seed, args.sample)]
     profile, reference = reference_profile(args)
-    return _Run(examples, train_set, held, labels, real, profile, reference)
+    return _Run(examples, train_set, train_all, held, labels, real, profile, reference)
 
 
 def _encode_run(args: TrainLargeArgs, run: _Run) -> tuple[TrainingModel, PromptEncoder, EncodedExamples, int]:
@@ -348,8 +360,9 @@ def _train_loop(
 def _save_explainer(
     args: TrainLargeArgs, tm: TrainingModel, run: _Run, encoder: PromptEncoder
 ) -> dict[str, Any] | None:
-    """The adapter folder: weights, tokenizer, labels, held-out records, flow profile and ``explainer.json``,
-    with the category threshold calibrated on the held-out records (returned)."""
+    """The adapter folder: weights, tokenizer, labels, held-out records, flow profile, the category classifier
+    (fitted on the whole training part) and ``explainer.json``, with the classifier's fusion weight and the
+    category threshold calibrated on the held-out records (returned)."""
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     tm.model.save_pretrained(output)
@@ -361,6 +374,11 @@ def _save_explainer(
         profile.save(output / FLOW_PROFILE_FILE)
     else:  # one left by an earlier run into this folder would add evidence this model never saw
         (output / FLOW_PROFILE_FILE).unlink(missing_ok=True)
+    classifier = fit_category_classifier(run.train_all, profile) if args.category_classifier else None
+    if classifier is not None:
+        classifier.save(output / CLASSIFIER_FILE)
+    else:
+        (output / CLASSIFIER_FILE).unlink(missing_ok=True)
     base_path = run.base_path
     meta = {
         "base": run.base_name,
@@ -379,10 +397,13 @@ def _save_explainer(
         "reference_flows": profile.usable_groups if profile is not None else None,
         "real": str(run.real) if run.real is not None else None,
         "profile": args.profile,
+        "category_classifier": classifier.describe() if classifier is not None else None,
     }
     write_json(output / EXPLAINER_META, meta)
     calibration = calibrate_threshold(output, run.held, args, tm.device)
     if calibration is not None:
+        if calibration.get("fusion_weight") is not None:
+            meta["fusion_weight"] = calibration["fusion_weight"]
         meta["category_threshold"] = calibration["category_threshold"]
         meta["calibration"] = calibration
         write_json(output / EXPLAINER_META, meta)

@@ -28,6 +28,7 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
         "text_fraction": 0.5,
         "max_prompt_tokens": 640,
         "calibrate_examples": 40,
+        "fusion_examples": 40,
         "save_every": 0,
     },
 }
@@ -77,6 +78,8 @@ class TrainLargeArgs:
     use_real: bool = True  # --no-real: the synthetic records alone
     calibrate_examples: int = 120  # held-out records that calibrate the category threshold (0: none)
     other_quantile: float = 0.02  # share of held-out known-category records allowed below the threshold
+    category_classifier: bool = True  # fit the TF-IDF category classifier fused with the LLM's label scores
+    fusion_examples: int = 120  # other held-out records that choose the classifier's weight in the fusion
     profile: str = "full"  # recorded in explainer.json; for_profile / --profile quick set the budgets of TRAIN_PROFILES
 
     def __post_init__(self) -> None:
@@ -116,6 +119,10 @@ TRAIN_HELP: dict[str, str] = {
     "calibrate_examples": "held-out records that calibrate the category threshold below which the answer is 'other' "
     "(0: none)",
     "other_quantile": "share of held-out known-category records allowed below the threshold",
+    "category_classifier": "fit a TF-IDF + logistic regression category classifier on the training records, "
+    "fused with the LLM's label scores (--no-category-classifier: the LLM alone)",
+    "fusion_examples": "held-out records, apart from the calibration's, that choose the classifier's weight in the "
+    "fused category choice",
     "profile": "training budget: full (the default recipe) or quick (make demo's minutes-long run: "
     + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in TRAIN_PROFILES["quick"].items())
     + ", where not given)",

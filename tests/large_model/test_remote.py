@@ -122,6 +122,38 @@ def test_remote_scoring_and_texts_match_in_process(
     assert all(r["prompt"].endswith(('"summary": "', '"root_cause": "', '"suggested_response": "')) for r in texts)
 
 
+def test_remote_fuses_the_folders_classifier_as_in_process(
+    served: tuple[Path, CompletionsServer],
+    label_trained_model: tuple[Any, Any],
+    toy_split: tuple[list[Example], list[Example]],
+    tmp_path: Path,
+) -> None:
+    """A folder with a category classifier and its weight: the server's label scores are fused with it as the
+    in-process explainer fuses its own."""
+    import shutil
+
+    from large_model.category_classifier import CLASSIFIER_FILE, fit_category_classifier
+
+    folder, server = served
+    fused = tmp_path / "fused"
+    shutil.copytree(folder, fused)
+    classifier = fit_category_classifier(toy_split[0])
+    assert classifier is not None
+    classifier.save(fused / CLASSIFIER_FILE)
+    (fused / "explainer.json").write_text(json.dumps({"fusion_weight": 0.5}), encoding="utf-8")
+    client = httpx.Client(transport=httpx.WSGITransport(app=server), base_url="http://vllm")
+    remote = OpenAIExplainer("http://vllm", "explainer", fused, client=client, max_new_tokens=4)
+    assert remote.classifier is not None and remote.fusion_weight == 0.5
+    local = Explainer(*label_trained_model, TOY_LABELS, "toy", "tiny", "cpu", max_new_tokens=4,
+                      classifier=classifier, fusion_weight=0.5)  # fmt: skip
+    for example in toy_split[1][:3]:
+        lines = example.log_entries or []
+        got, want = remote.explain_detailed(lines), local.explain_detailed(lines)
+        assert got.explanation.category == want.explanation.category == example.category
+        assert got.explanation.confidence == pytest.approx(want.explanation.confidence, abs=1e-3)
+        assert got.extra["classifier_scores"] == want.extra["classifier_scores"]
+
+
 def test_remote_errors_are_model_errors(served: tuple[Path, CompletionsServer]) -> None:
     folder, _ = served
 
