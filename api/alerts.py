@@ -178,12 +178,11 @@ class AlertDispatcher:
             if sink not in self.sinks:
                 await alerts.mark_retry(session, delivery_id, f"sink {sink!r} is not configured", 0, failed=True)
                 return
-            if detection.explanation is None and utcnow() - created < timedelta(
-                seconds=self.settings.alert_wait_explanation_seconds
-            ):
-                if job is not None and job.status in ACTIVE_STATUSES:  # its explanation is coming: wait for it
-                    await alerts.mark_retry(session, delivery_id, None, WAIT_POLL_SECONDS, refund=True)
-                    return
+            waiting = utcnow() - created < timedelta(seconds=self.settings.alert_wait_explanation_seconds)
+            coming = job is not None and job.status in ACTIVE_STATUSES
+            if detection.explanation is None and waiting and coming:  # its explanation is coming: wait for it
+                await alerts.mark_retry(session, delivery_id, None, WAIT_POLL_SECONDS, refund=True)
+                return
             d = describe(detection, self.settings.public_url)
         body: Any = (
             alertmanager_body(d, self.settings.alert_duration_seconds) if sink == "alertmanager" else webhook_body(d)
