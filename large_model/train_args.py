@@ -24,7 +24,7 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "train_limit": 66,
         "max_steps": 200,
-        "max_minutes": 4.0,
+        "max_minutes": 3.0,
         "text_fraction": 0.5,
         "max_prompt_tokens": 640,
         "calibrate_examples": 40,
