@@ -16,6 +16,7 @@ from api.schemas import DetectionDetail, DetectionPage, Facets, RiskLevel, Text,
 from api.views import detection_out, explanation_out
 from db import crud, queue
 from db.base import utcnow
+from db.models import JobStatus
 
 router = APIRouter(tags=["history"])
 MAX_OFFSET = 1_000_000_000  # deeper pages: narrow the time range with since/until instead
@@ -143,13 +144,16 @@ async def get_detection(
     detection_id: Annotated[Text, Path(max_length=MAX_ID_LENGTH)], session: SessionDep
 ) -> DetectionDetail:
     """The stored detection, its lines, its explanation (if done) and its job's status."""
-    # the job first: a worker commits the explanation with the job's "done", and under READ COMMITTED
-    # each statement sees what was committed before it, so a job read as done has its explanation
-    # visible to the next read (the other order could show "done" beside no explanation)
+    # A worker commits the explanation with its job's "done", and each statement sees what was committed
+    # before it (READ COMMITTED; SQLite reads outside a transaction), so the job goes first: a job read as
+    # done has its explanation visible to the next read. A commit between the two reads shows an
+    # explanation beside a job still running: then the job is read again, after the explanation
     job = await queue.latest_job(session, detection_id)
     row = await crud.get_detection(session, detection_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no detection {detection_id}")
+    if row.explanation is not None and job is not None and job.status != JobStatus.DONE.value:
+        job = await queue.latest_job(session, detection_id)
     return DetectionDetail(
         **detection_out(row).model_dump(),
         log_entries=list(row.log_entries),
