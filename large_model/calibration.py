@@ -57,7 +57,8 @@ def split_known(
 def calibrate_threshold(
     output: Path, held: Sequence[Example], args: TrainLargeArgs, device: str
 ) -> dict[str, Any] | None:
-    """The fusion weight and the category threshold of the saved explainer (scored as inference loads it).
+    """The fusion weight and the category threshold of the saved explainer (scored as inference loads it, in the
+    run's compute dtype).
 
     With a category classifier in ``output``: up to ``fusion_examples`` held-out records of a known
     category choose its weight (:func:`answer.choose_fusion_weight`: the best accuracy, the smallest
@@ -70,7 +71,7 @@ def calibrate_threshold(
     real = [e for e in held if e.category == OTHER and e.log_entries is not None]
     if args.calibrate_examples <= 0 or not known:
         return None
-    explainer = Explainer.from_pretrained(output, device=device)
+    explainer = Explainer.from_pretrained(output, device=device, dtype=args.dtype)  # as the run computed
     explainer.category_threshold = None
     cats = explainer.labels.categories
     n_fusion = args.fusion_examples if explainer.classifier is not None else 0
